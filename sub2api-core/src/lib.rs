@@ -9,15 +9,24 @@
 //! its traits.
 
 pub mod account_provider;
+pub mod body;
 pub mod dialect;
 pub mod domain;
+pub mod error;
+pub mod layer;
 pub mod ledger;
+pub mod memory;
 pub mod meter;
+pub mod metrics;
 pub mod money;
 pub mod payment;
 pub mod pricing;
+pub mod protocol;
+pub mod relay;
+pub mod request;
 pub mod scheduler;
 pub mod store;
+pub mod subscription;
 
 pub use account_provider::AccountProvider;
 pub use ledger::Ledger;

@@ -1,0 +1,146 @@
+//! Meters a response as it streams and settles its charge exactly once, on every exit path
+//! (the settlement table in the README):
+//!
+//! | how the response ended | what is charged |
+//! |---|---|
+//! | upstream sent final usage | exactly that usage |
+//! | client disconnected mid-stream | upstream is drained (bounded) for its final usage; if the bound hits, input known + output counted |
+//! | upstream cut mid-stream | input known + output seen; the client gets an SSE error event |
+//! | upstream error before any output | nothing; the hold is released |
+//! | failover to another account | only the attempt that produced the response |
+//!
+//! The scanner sees the very `Bytes` that go to the client. The chunk that completes the usage
+//! (an SSE stream's final event, a JSON body's last chunk) is held back until the settlement has
+//! committed, so a charge the client was told about can never be lost.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use sub2api_core::layer::meter::{MeterLayer, MeterSettings};
+//! use sub2api_core::memory::{MemoryLedger, MemoryUsageLog};
+//! use sub2api_core::meter::PricedMeter;
+//! use sub2api_core::pricing::PriceTable;
+//! let layer = MeterLayer::new(MeterSettings {
+//!     ledger: Arc::new(MemoryLedger::new()),
+//!     meter: Arc::new(PricedMeter::new(Arc::new(PriceTable::bundled()))),
+//!     usage_log: Arc::new(MemoryUsageLog::default()),
+//!     metrics: Default::default(),
+//!     tracker: Default::default(),
+//!     drain_timeout: Duration::from_secs(30),
+//! });
+//! # let _ = layer;
+//! ```
+
+mod body;
+mod settle;
+
+pub use body::MeteredBody;
+pub use settle::Settler;
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{Request, Response};
+use http_body::Body;
+use tokio_util::task::TaskTracker;
+use tower::{Layer, Service};
+
+use crate::BoxError;
+use crate::body::{RelayBody, boxed};
+use crate::domain::{Account, Principal};
+use crate::error::RelayError;
+use crate::layer::reserve::HoldCell;
+use crate::ledger::Ledger;
+use crate::meter::Meter;
+use crate::metrics::Metrics;
+use crate::request::RelayRequest;
+use crate::store::UsageLog;
+
+/// The account that produced a response (set by the schedule layer, read for the usage log).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServedBy(pub Arc<Account>);
+
+/// Everything settlement needs.
+#[derive(Clone)]
+pub struct MeterSettings {
+    pub ledger: Arc<dyn Ledger>,
+    pub meter: Arc<dyn Meter>,
+    pub usage_log: Arc<dyn UsageLog>,
+    pub metrics: Arc<Metrics>,
+    /// Tracks drains and settlements that outlive their response, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// How long upstream is read for final usage after the client left.
+    pub drain_timeout: Duration,
+}
+
+#[derive(Clone)]
+pub struct MeterLayer {
+    settings: MeterSettings,
+}
+
+impl MeterLayer {
+    pub fn new(settings: MeterSettings) -> Self {
+        MeterLayer { settings }
+    }
+}
+
+impl<S> Layer<S> for MeterLayer {
+    type Service = MeterService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        MeterService { inner, settings: self.settings.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct MeterService<S> {
+    inner: S,
+    settings: MeterSettings,
+}
+
+impl<S, RB> Service<Request<Bytes>> for MeterService<S>
+where
+    S: Service<Request<Bytes>, Response = Response<RB>, Error = RelayError> + Clone + Send + 'static,
+    S::Future: Send,
+    RB: Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
+{
+    type Response = Response<RelayBody>;
+    type Error = RelayError;
+    type Future = BoxFuture<'static, Result<Response<RelayBody>, RelayError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RelayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Bytes>) -> Self::Future {
+        let mut inner = super::take_ready(&mut self.inner);
+        let settings = self.settings.clone();
+        Box::pin(async move {
+            let ext = req.extensions();
+            let (Some(ctx), Some(principal)) = (ext.get::<RelayRequest>().cloned(), ext.get::<Principal>().cloned())
+            else {
+                return Err(RelayError::internal("meter layer needs the auth and parse layers before it"));
+            };
+            if !ctx.endpoint.billable() {
+                return Ok(inner.call(req).await?.map(boxed));
+            }
+            let hold = ext.get::<Arc<HoldCell>>().cloned();
+            Metrics::inc(&settings.metrics.requests);
+            let res = inner.call(req).await?;
+            if !res.status().is_success() {
+                // Upstream error before any output: nothing is charged; dropping the request's
+                // hold cell releases the hold.
+                return Ok(res.map(boxed));
+            }
+            let account = res.extensions().get::<ServedBy>().map(|s| s.0.id);
+            let scanner = settings.meter.scanner(ctx.dialect, ctx.stream);
+            let settler = Arc::new(Settler::new(settings.clone(), ctx.clone(), principal, account, hold));
+            Ok(res.map(|b| {
+                boxed(MeteredBody::new(boxed(b), scanner, settler, ctx.stream, ctx.dialect, settings.tracker.clone(), settings.drain_timeout))
+            }))
+        })
+    }
+}

@@ -1,0 +1,154 @@
+//! Holds the request's worst-case cost before anything goes upstream (fail closed: no hold, no
+//! request). The hold rides in the request extensions as a [`HoldCell`]; the meter layer settles
+//! it, and whatever path drops the request without settling (an error, a client gone before the
+//! response head, no meter in the stack) releases it.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use sub2api_core::layer::reserve::ReserveLayer;
+//! use sub2api_core::memory::MemoryLedger;
+//! use sub2api_core::meter::PricedMeter;
+//! use sub2api_core::pricing::PriceTable;
+//! let layer = ReserveLayer::new(
+//!     Arc::new(MemoryLedger::new()),
+//!     Arc::new(PricedMeter::new(Arc::new(PriceTable::bundled()))),
+//! );
+//! # let _ = layer;
+//! ```
+
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{Request, Response};
+use tower::{Layer, Service};
+
+use crate::domain::Principal;
+use crate::error::RelayError;
+use crate::ledger::{Hold, HoldRequest, Ledger, LedgerError};
+use crate::meter::Meter;
+use crate::pricing::PricingError;
+use crate::request::RelayRequest;
+
+/// A hold that releases itself unless someone takes it to settle.
+pub struct HoldCell {
+    hold: Mutex<Option<Hold>>,
+    ledger: Arc<dyn Ledger>,
+}
+
+impl HoldCell {
+    pub fn new(hold: Hold, ledger: Arc<dyn Ledger>) -> Self {
+        HoldCell { hold: Mutex::new(Some(hold)), ledger }
+    }
+
+    /// Takes the hold to settle it; afterwards dropping the cell does nothing.
+    pub fn take(&self) -> Option<Hold> {
+        self.hold.lock().unwrap().take()
+    }
+
+    pub fn amount(&self) -> Option<crate::money::Money> {
+        self.hold.lock().unwrap().as_ref().map(|h| h.amount)
+    }
+}
+
+impl Drop for HoldCell {
+    fn drop(&mut self) {
+        let Some(hold) = self.hold.get_mut().unwrap().take() else { return };
+        let ledger = self.ledger.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn(async move {
+                    if let Err(e) = ledger.release(&hold).await {
+                        tracing::error!(request_id = %hold.request_id, error = %e, "could not release hold; recovery will");
+                    }
+                });
+            }
+            Err(_) => tracing::error!(request_id = %hold.request_id, "hold dropped outside a runtime; recovery will release it"),
+        }
+    }
+}
+
+/// Maps a ledger refusal to what the client sees.
+pub fn refusal(e: LedgerError) -> RelayError {
+    match e {
+        LedgerError::InsufficientBalance { available, required } => RelayError::billing(format!(
+            "insufficient balance: {available} USD available, this request may cost up to {required} USD"
+        )),
+        LedgerError::UnknownUser(_) => RelayError::billing("this key's user has no wallet"),
+        LedgerError::Unavailable(_) => {
+            RelayError::overloaded("billing temporarily unavailable", Some(std::time::Duration::from_secs(1)))
+        }
+        other => RelayError::internal(other.to_string()),
+    }
+}
+
+#[derive(Clone)]
+pub struct ReserveLayer {
+    ledger: Arc<dyn Ledger>,
+    meter: Arc<dyn Meter>,
+}
+
+impl ReserveLayer {
+    pub fn new(ledger: Arc<dyn Ledger>, meter: Arc<dyn Meter>) -> Self {
+        ReserveLayer { ledger, meter }
+    }
+}
+
+impl<S> Layer<S> for ReserveLayer {
+    type Service = Reserve<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Reserve { inner, ledger: self.ledger.clone(), meter: self.meter.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct Reserve<S> {
+    inner: S,
+    ledger: Arc<dyn Ledger>,
+    meter: Arc<dyn Meter>,
+}
+
+impl<S, RB> Service<Request<Bytes>> for Reserve<S>
+where
+    S: Service<Request<Bytes>, Response = Response<RB>, Error = RelayError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Response<RB>;
+    type Error = RelayError;
+    type Future = BoxFuture<'static, Result<Response<RB>, RelayError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RelayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Bytes>) -> Self::Future {
+        let mut inner = super::take_ready(&mut self.inner);
+        let ledger = self.ledger.clone();
+        let meter = self.meter.clone();
+        Box::pin(async move {
+            let ext = req.extensions();
+            let (Some(ctx), Some(principal)) = (ext.get::<RelayRequest>(), ext.get::<Principal>()) else {
+                return Err(RelayError::internal("reserve layer needs the auth and parse layers before it"));
+            };
+            if !ctx.endpoint.billable() {
+                return inner.call(req).await;
+            }
+            let amount = meter.hold(&ctx.estimate, principal.multiplier()).map_err(|e| match e {
+                PricingError::UnknownModel(m) => RelayError::invalid(format!("model `{m}` is not available on this relay")),
+                other => RelayError::internal(other.to_string()),
+            })?;
+            let hold = ledger
+                .reserve(HoldRequest {
+                    request_id: ctx.request_id.as_str().to_owned(),
+                    user_id: principal.user,
+                    group_id: principal.group.id,
+                    amount,
+                })
+                .await
+                .map_err(refusal)?;
+            req.extensions_mut().insert(Arc::new(HoldCell::new(hold, ledger)));
+            inner.call(req).await
+        })
+    }
+}
