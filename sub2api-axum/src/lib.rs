@@ -1,1 +1,50 @@
+//! # sub2api-axum
+//!
+//! The axum face of sub2api-rs: [`router`] mounts a [`Relay`]'s routes into an axum `Router`, and
+//! the `sub2api` binary (this crate's `main.rs`) assembles the full relay from a config file.
+//!
+//! ```no_run
+//! # async fn demo(relay: sub2api_core::relay::Relay) {
+//! let app = sub2api_axum::router(&relay);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await.unwrap();
+//! axum::serve(listener, app).await.unwrap();
+//! # }
+//! ```
 
+pub mod boot;
+pub mod mock;
+
+use std::convert::Infallible;
+
+use axum::Router;
+use axum::body::Body;
+use http::Request;
+use sub2api_core::relay::Relay;
+
+/// A router answering every relay route ([`Relay::ROUTES`]). Merge it into your own router, or
+/// nest it under a prefix.
+pub fn router(relay: &Relay) -> Router {
+    let app = relay.app();
+    let svc = tower::service_fn(move |req: Request<Body>| {
+        let fut = app.call_with(req);
+        async move { Ok::<_, Infallible>(fut.await) }
+    });
+    let mut router = Router::new();
+    for (_, path) in Relay::ROUTES {
+        router = router.route_service(path, svc.clone());
+    }
+    router
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then waits for open responses to
+/// finish and for the relay's drains and settlements to commit.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    relay: Relay,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+    relay.shutdown().await;
+    Ok(())
+}

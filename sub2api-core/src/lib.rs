@@ -10,6 +10,7 @@
 
 pub mod account_provider;
 pub mod body;
+pub mod config;
 pub mod dialect;
 pub mod domain;
 pub mod error;

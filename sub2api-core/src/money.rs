@@ -317,8 +317,8 @@ mod tests {
     #[test]
     fn cost_rounds_up_once() {
         let mut c = CostAccumulator::default();
-        c.add(1, TokenPrice::per_million_usd("0.01875").unwrap()); // 18.75 nano... per M => 0.01875 nano
-        assert_eq!(c.total(Multiplier::ONE).nanos(), 1);
+        c.add(1, TokenPrice::per_million_usd("0.01875").unwrap()); // 18.75 nano-USD
+        assert_eq!(c.total(Multiplier::ONE).nanos(), 19);
         let mut c = CostAccumulator::default();
         c.add(1_000_000, TokenPrice::per_million_usd("3").unwrap());
         assert_eq!(c.total(Multiplier::parse("1.5").unwrap()), Money::parse_usd("4.5").unwrap());

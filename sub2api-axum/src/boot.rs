@@ -1,0 +1,126 @@
+//! Assembles a complete relay from a [`Config`]: storage (SQLite by default, Postgres, or memory),
+//! the master key, seeding, accounts, scheduler, pricing. Both server binaries boot through here.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sub2api_core::config::{Config, ConfigError, SeedReport, apply_seed};
+use sub2api_core::ledger::Ledger;
+use sub2api_core::memory::{
+    MemoryAccountProvider, MemoryDirectory, MemoryLedger, MemoryScheduler, MemoryUsageLog, SchedulerConfig,
+};
+use sub2api_core::meter::PricedMeter;
+use sub2api_core::pricing::PriceTable;
+use sub2api_core::relay::{Relay, RelayParts};
+use sub2api_core::store::{Directory, UsageLog};
+use sub2api_sqlx::{MasterKey, SqlStore, StoreOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("pricing file {0}: {1}")]
+    Pricing(PathBuf, String),
+    #[error("database: {0}")]
+    Database(String),
+    #[error("master key: {0}")]
+    MasterKey(String),
+}
+
+/// A relay ready to serve, and what must be closed after it.
+pub struct Booted {
+    pub relay: Relay,
+    /// The SQL store, when the database is not `memory`.
+    pub store: Option<SqlStore>,
+    pub seed: SeedReport,
+    pub config: Config,
+}
+
+impl Booted {
+    /// Waits for drains and settlements, flushes the usage log and closes the database.
+    pub async fn shutdown(&self) {
+        self.relay.shutdown().await;
+        if let Some(store) = &self.store {
+            store.close().await;
+        }
+    }
+}
+
+/// The master key: `SUB2API_MASTER_KEY`, else `master.key` in the data folder, else a new one
+/// written there (with a loud warning: lose it and stored credentials cannot be decrypted).
+pub fn master_key(data_dir: &Path) -> Result<MasterKey, BootError> {
+    if let Ok(hex) = std::env::var("SUB2API_MASTER_KEY") {
+        return MasterKey::from_hex(hex.trim()).map_err(|e| BootError::MasterKey(format!("SUB2API_MASTER_KEY: {e}")));
+    }
+    let path = data_dir.join("master.key");
+    if let Ok(hex) = std::fs::read_to_string(&path) {
+        return MasterKey::from_hex(hex.trim()).map_err(|e| BootError::MasterKey(format!("{}: {e}", path.display())));
+    }
+    std::fs::create_dir_all(data_dir).map_err(|e| BootError::MasterKey(e.to_string()))?;
+    let key: [u8; 32] = rand::random();
+    write_private(&path, &hex::encode(key)).map_err(|e| BootError::MasterKey(format!("{}: {e}", path.display())))?;
+    tracing::warn!(
+        path = %path.display(),
+        "SUB2API_MASTER_KEY is not set: generated a new master key into {}. Back it up; without it the stored upstream credentials cannot be decrypted.",
+        path.display()
+    );
+    MasterKey::from_hex(&hex::encode(key)).map_err(|e| BootError::MasterKey(e.to_string()))
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(path)?.write_all(text.as_bytes())
+}
+
+fn data_dir(database_url: &str) -> PathBuf {
+    database_url
+        .strip_prefix("sqlite://")
+        .map(|p| p.split('?').next().unwrap_or(p))
+        .and_then(|p| Path::new(p).parent().map(Path::to_path_buf))
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("data"))
+}
+
+/// Builds the relay described by `config`.
+pub async fn boot(config: Config) -> Result<Booted, BootError> {
+    let prices = match &config.pricing_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| BootError::Pricing(path.clone(), e.to_string()))?;
+            PriceTable::from_litellm_json(&text).map_err(|e| BootError::Pricing(path.clone(), e.to_string()))?
+        }
+        None => PriceTable::bundled(),
+    };
+    let prices = Arc::new(prices);
+    let url = config.database_url().to_owned();
+    let (directory, ledger, usage_log, store): (Arc<dyn Directory>, Arc<dyn Ledger>, Arc<dyn UsageLog>, _) =
+        if url == "memory" || url == "memory://" {
+            (Arc::new(MemoryDirectory::new()), Arc::new(MemoryLedger::new()), Arc::new(MemoryUsageLog::default()), None)
+        } else {
+            let key = master_key(&data_dir(&url))?;
+            let store = SqlStore::connect_with(&url, StoreOptions::new(key))
+                .await
+                .map_err(|e| BootError::Database(e.to_string()))?;
+            let recovered = store.recover().await.map_err(|e| BootError::Database(e.to_string()))?;
+            tracing::info!(?recovered, "startup recovery done");
+            (Arc::new(store.clone()), Arc::new(store.clone()), Arc::new(store.clone()), Some(store))
+        };
+    let seed = apply_seed(&config, directory.as_ref(), ledger.as_ref()).await?;
+    let accounts = Arc::new(MemoryAccountProvider::from_directory(directory.clone()).await.map_err(ConfigError::from)?);
+    let scheduler = Arc::new(MemoryScheduler::with_config(
+        accounts.clone(),
+        SchedulerConfig {
+            sticky_ttl: Duration::from_secs(config.relay.sticky_ttl_secs),
+            queue_wait: Duration::from_secs(config.relay.queue_wait_secs),
+            ..Default::default()
+        },
+    ));
+    let meter = Arc::new(PricedMeter::new(prices.clone()).with_policy(config.relay.hold_policy()));
+    let parts = RelayParts { directory, accounts, scheduler, ledger, usage_log, prices, meter };
+    let relay = Relay::new(parts, config.relay.relay_config());
+    Ok(Booted { relay, store, seed, config })
+}

@@ -1,0 +1,375 @@
+//! The operator's TOML file (`sub2api.toml`) and the `SUB2API_*` environment, shared by every
+//! binary, and the idempotent seeding of the objects it declares.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::domain::{AccountKind, Credentials, KeyLimits, Platform, Secret};
+use crate::ledger::{Credit, EntryKind, Ledger, LedgerError};
+use crate::meter::HoldPolicy;
+use crate::money::{Money, Multiplier};
+use crate::relay::RelayConfig;
+use crate::store::{Directory, NewAccount, NewGroup, NewKey, StoreError};
+
+/// The whole file. Unknown keys are errors: a typo must not silently fall back to a default.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listen address; `SUB2API_LISTEN` overrides. Default `127.0.0.1:8080`.
+    pub listen: Option<String>,
+    /// `sqlite://...` or `postgres://...`; `SUB2API_DATABASE_URL` overrides.
+    pub database_url: Option<String>,
+    /// Enables the shared Redis scheduler; `SUB2API_REDIS_URL` overrides.
+    pub redis_url: Option<String>,
+    /// A LiteLLM-format price file replacing the bundled table.
+    pub pricing_file: Option<PathBuf>,
+    #[serde(default)]
+    pub relay: RelaySection,
+    #[serde(default)]
+    pub groups: Vec<GroupSeed>,
+    #[serde(default)]
+    pub accounts: Vec<AccountSeed>,
+    #[serde(default)]
+    pub users: Vec<UserSeed>,
+    #[serde(default)]
+    pub keys: Vec<KeySeed>,
+}
+
+/// Request-path tunables.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelaySection {
+    pub max_body_bytes: usize,
+    pub drain_timeout_secs: u64,
+    pub first_byte_timeout_secs: u64,
+    pub max_attempts: u32,
+    /// `0` = strict holds (every body byte a token, the default); `N` = N bytes per token.
+    pub hold_bytes_per_token: u32,
+    pub sticky_ttl_secs: u64,
+    pub queue_wait_secs: u64,
+}
+
+impl Default for RelaySection {
+    fn default() -> Self {
+        let r = RelayConfig::default();
+        RelaySection {
+            max_body_bytes: r.max_body_bytes,
+            drain_timeout_secs: r.drain_timeout.as_secs(),
+            first_byte_timeout_secs: r.first_byte_timeout.as_secs(),
+            max_attempts: r.max_attempts,
+            hold_bytes_per_token: 0,
+            sticky_ttl_secs: 3600,
+            queue_wait_secs: 60,
+        }
+    }
+}
+
+impl RelaySection {
+    pub fn relay_config(&self) -> RelayConfig {
+        RelayConfig {
+            max_body_bytes: self.max_body_bytes,
+            drain_timeout: Duration::from_secs(self.drain_timeout_secs),
+            first_byte_timeout: Duration::from_secs(self.first_byte_timeout_secs),
+            max_attempts: self.max_attempts,
+        }
+    }
+
+    pub fn hold_policy(&self) -> HoldPolicy {
+        match self.hold_bytes_per_token {
+            0 => HoldPolicy::Strict,
+            n => HoldPolicy::Estimated { bytes_per_token: n },
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSeed {
+    pub name: String,
+    #[serde(default = "anthropic")]
+    pub platform: Platform,
+    #[serde(default)]
+    pub rate_multiplier: Multiplier,
+}
+
+fn anthropic() -> Platform {
+    Platform::Anthropic
+}
+
+fn default_priority() -> i32 {
+    50
+}
+
+fn default_concurrency() -> u32 {
+    4
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountSeed {
+    pub name: String,
+    #[serde(default = "anthropic")]
+    pub platform: Platform,
+    #[serde(rename = "type", default = "apikey")]
+    pub kind: AccountKind,
+    pub api_key: Option<String>,
+    pub access_token: Option<String>,
+    pub base_url: Option<String>,
+    #[serde(default = "default_priority")]
+    pub priority: i32,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+fn apikey() -> AccountKind {
+    AccountKind::Apikey
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSeed {
+    pub email: String,
+    /// The opening balance, credited once when the user is first seeded. Changing it later does
+    /// not reset a balance that has moved since; use the admin API for adjustments.
+    #[serde(default)]
+    pub balance_usd: Money,
+    pub password: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySeed {
+    pub user: String,
+    pub group: String,
+    /// The key itself; generated (and printed once) when absent.
+    pub key: Option<String>,
+    pub name: Option<String>,
+    pub concurrency: Option<u32>,
+    pub rpm: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("invalid config {0}: {1}")]
+    Parse(PathBuf, String),
+    #[error("invalid seed: {0}")]
+    Seed(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+impl Config {
+    /// Reads `path`, or `sub2api.toml` in the working directory if present, or nothing.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+        let (path, required) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from("sub2api.toml"), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(e) => return Err(ConfigError::Read(path, e)),
+        };
+        let mut c: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse(path.clone(), e.to_string()))?;
+        c.apply_env(|k| std::env::var(k).ok());
+        Ok(c)
+    }
+
+    /// `SUB2API_*` variables override the file.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
+        if let Some(v) = var("SUB2API_LISTEN") {
+            self.listen = Some(v);
+        }
+        if let Some(v) = var("SUB2API_DATABASE_URL") {
+            self.database_url = Some(v);
+        }
+        if let Some(v) = var("SUB2API_REDIS_URL") {
+            self.redis_url = Some(v);
+        }
+    }
+
+    pub fn listen(&self) -> &str {
+        self.listen.as_deref().unwrap_or("127.0.0.1:8080")
+    }
+
+    pub fn database_url(&self) -> &str {
+        self.database_url.as_deref().unwrap_or("sqlite://data/sub2api.db")
+    }
+}
+
+/// What seeding did that the operator must see once.
+#[derive(Debug, Default)]
+pub struct SeedReport {
+    /// Keys generated because the file gave none: `(user email, key name, plaintext key)`.
+    pub generated_keys: Vec<(String, String, Secret)>,
+    pub users_created: usize,
+}
+
+/// Applies the file's seed objects. Idempotent: running it again changes nothing, and a user's
+/// opening balance is credited through the ledger under the key `seed:<email>`, so it is credited
+/// exactly once however often (or however interrupted) seeding runs.
+pub async fn apply_seed(config: &Config, dir: &dyn Directory, ledger: &dyn Ledger) -> Result<SeedReport, ConfigError> {
+    let mut report = SeedReport::default();
+    for g in &config.groups {
+        dir.upsert_group(NewGroup { name: g.name.clone(), platform: g.platform, rate_multiplier: g.rate_multiplier })
+            .await?;
+    }
+    for a in &config.accounts {
+        let credentials = match a.kind {
+            AccountKind::Apikey => Credentials::ApiKey(Secret::new(
+                a.api_key.clone().ok_or_else(|| ConfigError::Seed(format!("account `{}`: api_key required", a.name)))?,
+            )),
+            AccountKind::Oauth | AccountKind::SetupToken => Credentials::Bearer(Secret::new(
+                a.access_token
+                    .clone()
+                    .ok_or_else(|| ConfigError::Seed(format!("account `{}`: access_token required", a.name)))?,
+            )),
+        };
+        let base_url = a.base_url.clone().unwrap_or_else(|| a.platform.default_base_url().to_owned());
+        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+            return Err(ConfigError::Seed(format!("account `{}`: base_url must be http(s)", a.name)));
+        }
+        if a.concurrency == 0 {
+            return Err(ConfigError::Seed(format!("account `{}`: concurrency must be at least 1", a.name)));
+        }
+        dir.upsert_account(NewAccount {
+            name: a.name.clone(),
+            platform: a.platform,
+            kind: a.kind,
+            base_url,
+            priority: a.priority,
+            concurrency: a.concurrency,
+            groups: a.groups.clone(),
+            credentials,
+        })
+        .await?;
+    }
+    for u in &config.users {
+        if !u.email.contains('@') {
+            return Err(ConfigError::Seed(format!("user `{}`: not an email address", u.email)));
+        }
+        if u.balance_usd.is_negative() {
+            return Err(ConfigError::Seed(format!("user `{}`: balance_usd must not be negative", u.email)));
+        }
+        let (user, created) = dir.ensure_user(&u.email).await?;
+        report.users_created += created as usize;
+        let out = ledger
+            .credit(Credit {
+                user_id: user.id,
+                amount: u.balance_usd,
+                idempotency_key: format!("seed:{}", u.email),
+                kind: EntryKind::Credit,
+                memo: "opening balance from the seed file".into(),
+            })
+            .await?;
+        if !out.replayed {
+            tracing::info!(email = %u.email, balance = %u.balance_usd, "seeded opening balance");
+        }
+    }
+    for k in &config.keys {
+        let user = dir
+            .user_by_email(&k.user)
+            .await?
+            .ok_or_else(|| ConfigError::Seed(format!("key for `{}`: no such user in [[users]]", k.user)))?;
+        let group = dir
+            .group_by_name(&k.group)
+            .await?
+            .ok_or_else(|| ConfigError::Seed(format!("key for `{}`: no such group `{}`", k.user, k.group)))?;
+        let name = k.name.clone().unwrap_or_else(|| format!("seed-{}", group.name));
+        let limits = KeyLimits { concurrency: k.concurrency, rpm: k.rpm };
+        let key = match &k.key {
+            Some(key) => Secret::new(key.clone()),
+            None => {
+                let existing = dir.keys_of(user.id).await?;
+                if existing.iter().any(|x| x.name == name && x.group_id == group.id) {
+                    continue;
+                }
+                let key = generate_key();
+                report.generated_keys.push((k.user.clone(), name.clone(), key.clone()));
+                key
+            }
+        };
+        dir.ensure_key(NewKey { user_id: user.id, group_id: group.id, name, key, limits }).await?;
+    }
+    Ok(report)
+}
+
+/// A new relay API key: `sk-` and 48 hex characters of OS randomness.
+pub fn generate_key() -> Secret {
+    let bytes: [u8; 24] = rand::random();
+    Secret::new(format!("sk-{}", hex::encode(bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::{MemoryDirectory, MemoryLedger};
+
+    const FILE: &str = r#"
+        [[groups]]
+        name = "default"
+        platform = "anthropic"
+        rate_multiplier = "1.5"
+
+        [[accounts]]
+        name = "a1"
+        api_key = "sk-ant-1"
+        base_url = "http://127.0.0.1:9"
+        groups = ["default"]
+
+        [[users]]
+        email = "alice@example.com"
+        balance_usd = "10.00"
+
+        [[keys]]
+        user = "alice@example.com"
+        group = "default"
+        key = "sk-alice"
+
+        [[keys]]
+        user = "alice@example.com"
+        group = "default"
+        name = "generated"
+    "#;
+
+    #[tokio::test]
+    async fn seeding_twice_changes_nothing() {
+        let c: Config = toml::from_str(FILE).unwrap();
+        let dir = MemoryDirectory::new();
+        let ledger = MemoryLedger::new();
+        let r1 = apply_seed(&c, &dir, &ledger).await.unwrap();
+        assert_eq!(r1.generated_keys.len(), 1);
+        let user = dir.user_by_email("alice@example.com").await.unwrap().unwrap();
+        // Spend some, then seed again: the balance must not be reset.
+        ledger
+            .credit(Credit {
+                user_id: user.id,
+                amount: Money::usd(-3),
+                idempotency_key: "spend".into(),
+                kind: EntryKind::Adjustment,
+                memo: String::new(),
+            })
+            .await
+            .unwrap();
+        let r2 = apply_seed(&c, &dir, &ledger).await.unwrap();
+        assert!(r2.generated_keys.is_empty());
+        assert_eq!(ledger.balance(user.id).await.unwrap().total, Money::usd(7));
+        assert_eq!(dir.keys_of(user.id).await.unwrap().len(), 2);
+        assert_eq!(dir.groups().await.unwrap()[0].rate_multiplier, Multiplier::parse("1.5").unwrap());
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_float_balances() {
+        assert!(toml::from_str::<Config>("[[users]]\nemail='a@b'\nbalance='1'").is_err());
+        assert!(toml::from_str::<Config>("[[users]]\nemail='a@b'\nbalance_usd=1.5").is_err());
+        assert!(toml::from_str::<Config>("[[users]]\nemail='a@b'\nbalance_usd=2").is_ok());
+    }
+}
