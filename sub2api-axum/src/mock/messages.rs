@@ -142,7 +142,16 @@ fn validate(
         None => 0,
     };
     match json.get("messages") {
-        Some(Value::Array(_)) => {}
+        Some(Value::Array(list)) => {
+            // Anthropic checks every message's shape; the relay deliberately does not (it is the
+            // vendor's rule to enforce), so this is where a vendor-side 400 comes from in tests.
+            for (i, m) in list.iter().enumerate() {
+                let role = m.get("role").and_then(Value::as_str);
+                if !matches!(role, Some("user" | "assistant")) || m.get("content").is_none() {
+                    return Err(format!("messages.{i}: Input should be a valid message with role and content"));
+                }
+            }
+        }
         Some(_) => return Err("messages: Input should be a valid list".to_owned()),
         None => return Err("messages: Field required".to_owned()),
     }

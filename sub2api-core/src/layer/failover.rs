@@ -192,7 +192,7 @@ where
                     Err(e) => match e.unreachable_account.clone() {
                         Some(account) => {
                             tracing::warn!(account = %account.name, error = %e, "upstream unreachable; trying another account");
-                            report(&layer, &account, Outcome::Unreachable { cooldown: UNREACHABLE_COOLDOWN });
+                            report(&layer, &account, Outcome::Unreachable { cooldown: UNREACHABLE_COOLDOWN }).await;
                             excluded.push(account.id);
                             continue;
                         }
@@ -206,14 +206,14 @@ where
                 match classify(res.status(), res.headers(), account.kind, now_ms()) {
                     Verdict::Success => {
                         if layer.accounts.status(account.id) != crate::account_provider::AccountStatus::Ready {
-                            report(&layer, &account, Outcome::Success);
+                            report(&layer, &account, Outcome::Success).await;
                         }
                         return Ok(res);
                     }
                     Verdict::ClientFault => return Ok(read_error_body(res).await),
                     Verdict::Retry(outcome) => {
                         tracing::info!(account = %account.name, status = %res.status(), ?outcome, "upstream failure; failing over");
-                        report(&layer, &account, outcome);
+                        report(&layer, &account, outcome).await;
                         excluded.push(account.id);
                         // Read the error now: the response (and its lease) must not pin the slot.
                         last_failure = Some(read_error_body(res).await);
@@ -225,11 +225,10 @@ where
     }
 }
 
-fn report(layer: &FailoverLayer, account: &Arc<Account>, outcome: Outcome) {
-    let accounts = layer.accounts.clone();
-    let account = account.clone();
-    // Reporting success is in-memory and instant; the rest may persist, and must not delay the client.
-    tokio::spawn(async move { accounts.report(&account, outcome).await });
+/// Reported before the next attempt, so the next selection (of this request or any other)
+/// already sees the account parked. Providers keep `report` fast (persistence in the background).
+async fn report(layer: &FailoverLayer, account: &Arc<Account>, outcome: Outcome) {
+    layer.accounts.report(account, outcome).await;
 }
 
 #[cfg(test)]

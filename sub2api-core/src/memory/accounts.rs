@@ -81,12 +81,16 @@ impl MemoryAccountProvider {
         self.set(id, AccountStatus::Ready).await;
     }
 
+    /// Updates the in-process status at once (the very next selection sees it) and persists it
+    /// in the background, so a slow database never delays failover.
     async fn set(&self, id: AccountId, status: AccountStatus) {
         self.status.write().unwrap().insert(id, status.clone());
-        if let Some(dir) = &self.directory
-            && let Err(e) = dir.set_account_status(id, &status).await
-        {
-            tracing::warn!(account = %id, error = %e, "could not persist account status");
+        if let Some(dir) = self.directory.clone() {
+            tokio::spawn(async move {
+                if let Err(e) = dir.set_account_status(id, &status).await {
+                    tracing::warn!(account = %id, error = %e, "could not persist account status");
+                }
+            });
         }
     }
 }

@@ -48,7 +48,10 @@ enum Kind {
     MessageDelta,
     MessageStop,
     Error,
-    /// Everything else (`content_block_*`, `ping`, unknown): skipped.
+    /// `content_block_delta`: skipped unparsed, but counted, because a stream cut before
+    /// `message_delta` is billed for the output seen, and every delta carries at least one token.
+    ContentDelta,
+    /// Everything else (`content_block_start|stop`, `ping`, unknown): skipped.
     Other,
 }
 
@@ -59,6 +62,7 @@ impl Kind {
             b"message_delta" => Kind::MessageDelta,
             b"message_stop" => Kind::MessageStop,
             b"error" => Kind::Error,
+            b"content_block_delta" => Kind::ContentDelta,
             _ => Kind::Other,
         }
     }
@@ -118,6 +122,8 @@ pub struct AnthropicSseScanner {
     model: Option<String>,
     is_final: bool,
     saw_error: bool,
+    /// `content_block_delta` events seen.
+    deltas: u64,
 }
 
 impl Default for AnthropicSseScanner {
@@ -143,6 +149,7 @@ impl AnthropicSseScanner {
             model: None,
             is_final: false,
             saw_error: false,
+            deltas: 0,
         }
     }
 
@@ -311,6 +318,7 @@ impl AnthropicSseScanner {
             match kind {
                 Some(Kind::MessageStop) => self.is_final = true,
                 Some(Kind::Error) => self.saw_error = true,
+                Some(Kind::ContentDelta) => self.deltas += 1,
                 Some(Kind::Other) => {}
                 Some(kind @ (Kind::MessageStart | Kind::MessageDelta)) => {
                     if self.data_mode == DataMode::Keep {
@@ -360,6 +368,7 @@ impl AnthropicSseScanner {
             }
             Kind::MessageStop => self.is_final = true,
             Kind::Error => self.saw_error = true,
+            Kind::ContentDelta => self.deltas += 1,
             Kind::Other => {}
         }
     }
@@ -394,8 +403,14 @@ impl UsageScanner for AnthropicSseScanner {
         self.is_final
     }
 
+    /// Until the stream is final, output is at least the number of content deltas seen: the
+    /// vendor's running count arrives only with `message_delta`, which a cut stream never sends.
     fn usage(&mut self) -> Usage {
-        self.usage
+        let mut u = self.usage;
+        if !self.is_final {
+            u.output_tokens = u.output_tokens.max(self.deltas);
+        }
+        u
     }
 
     fn saw_error(&self) -> bool {
