@@ -118,16 +118,28 @@ pub struct WindowSpec {
 
 impl WindowSpec {
     pub fn five_hour(limit: Money) -> Self {
-        WindowSpec { length: WindowLength::FIVE_HOURS, limit }
+        WindowSpec {
+            length: WindowLength::FIVE_HOURS,
+            limit,
+        }
     }
     pub fn daily(limit: Money) -> Self {
-        WindowSpec { length: WindowLength::Day, limit }
+        WindowSpec {
+            length: WindowLength::Day,
+            limit,
+        }
     }
     pub fn weekly(limit: Money) -> Self {
-        WindowSpec { length: WindowLength::Week, limit }
+        WindowSpec {
+            length: WindowLength::Week,
+            limit,
+        }
     }
     pub fn monthly(limit: Money) -> Self {
-        WindowSpec { length: WindowLength::Month, limit }
+        WindowSpec {
+            length: WindowLength::Month,
+            limit,
+        }
     }
 
     /// The period `[start, end)` the stored window covers, if it is still current at `now_ms`.
@@ -148,7 +160,11 @@ impl WindowSpec {
 
     /// What counts as used at `now_ms`: the stored usage while its window lasts, zero after.
     pub fn used_at(&self, state: &WindowState, now_ms: i64) -> Money {
-        if self.current_period(state, now_ms).is_some() { state.used } else { Money::ZERO }
+        if self.current_period(state, now_ms).is_some() {
+            state.used
+        } else {
+            Money::ZERO
+        }
     }
 
     /// What may still be held or charged at `now_ms` (never negative).
@@ -277,7 +293,9 @@ impl std::str::FromStr for BillingMode {
             "wallet" => Ok(BillingMode::Wallet),
             "subscription" => Ok(BillingMode::Subscription),
             "both" => Ok(BillingMode::Both),
-            other => Err(format!("unknown billing mode `{other}` (wallet, subscription, both)")),
+            other => Err(format!(
+                "unknown billing mode `{other}` (wallet, subscription, both)"
+            )),
         }
     }
 }
@@ -295,11 +313,20 @@ pub struct Split {
 pub fn split_hold(mode: BillingMode, headroom: Option<Money>, amount: Money) -> Option<Split> {
     let headroom = headroom.unwrap_or(Money::ZERO).max(Money::ZERO);
     match mode {
-        BillingMode::Wallet => Some(Split { subscription: Money::ZERO, wallet: amount }),
-        BillingMode::Subscription => (headroom >= amount).then_some(Split { subscription: amount, wallet: Money::ZERO }),
+        BillingMode::Wallet => Some(Split {
+            subscription: Money::ZERO,
+            wallet: amount,
+        }),
+        BillingMode::Subscription => (headroom >= amount).then_some(Split {
+            subscription: amount,
+            wallet: Money::ZERO,
+        }),
         BillingMode::Both => {
             let sub = headroom.min(amount).max(Money::ZERO);
-            Some(Split { subscription: sub, wallet: amount.saturating_sub(sub) })
+            Some(Split {
+                subscription: sub,
+                wallet: amount.saturating_sub(sub),
+            })
         }
     }
 }
@@ -310,11 +337,20 @@ pub fn split_hold(mode: BillingMode, headroom: Option<Money>, amount: Money) -> 
 /// is `None` when there is no subscription to charge, and then the wallet pays.
 pub fn split_charge(mode: BillingMode, headroom: Option<Money>, amount: Money) -> Split {
     match (mode, headroom) {
-        (BillingMode::Wallet, _) | (_, None) => Split { subscription: Money::ZERO, wallet: amount },
-        (BillingMode::Subscription, Some(_)) => Split { subscription: amount, wallet: Money::ZERO },
+        (BillingMode::Wallet, _) | (_, None) => Split {
+            subscription: Money::ZERO,
+            wallet: amount,
+        },
+        (BillingMode::Subscription, Some(_)) => Split {
+            subscription: amount,
+            wallet: Money::ZERO,
+        },
         (BillingMode::Both, Some(h)) => {
             let sub = h.max(Money::ZERO).min(amount).max(Money::ZERO);
-            Split { subscription: sub, wallet: amount.saturating_sub(sub) }
+            Split {
+                subscription: sub,
+                wallet: amount.saturating_sub(sub),
+            }
         }
     }
 }
@@ -367,7 +403,10 @@ mod tests {
             assert_eq!(days_from_civil(y, m, d), z);
         }
         // 2024 is a leap year.
-        assert_eq!(civil_from_days(days_from_civil(2024, 2, 28) + 1), (2024, 2, 29));
+        assert_eq!(
+            civil_from_days(days_from_civil(2024, 2, 28) + 1),
+            (2024, 2, 29)
+        );
     }
 
     #[test]
@@ -388,14 +427,31 @@ mod tests {
     #[test]
     fn weeks_start_on_monday_and_months_on_the_first() {
         // 2025-03-10 is a Monday.
-        let (s, e) = WindowLength::Week.calendar_period(utc_ms(2025, 3, 16, 23, 59, 59)).unwrap();
-        assert_eq!((s, e), (utc_ms(2025, 3, 10, 0, 0, 0), utc_ms(2025, 3, 17, 0, 0, 0)));
-        let (s, _) = WindowLength::Week.calendar_period(utc_ms(2025, 3, 17, 0, 0, 0)).unwrap();
+        let (s, e) = WindowLength::Week
+            .calendar_period(utc_ms(2025, 3, 16, 23, 59, 59))
+            .unwrap();
+        assert_eq!(
+            (s, e),
+            (utc_ms(2025, 3, 10, 0, 0, 0), utc_ms(2025, 3, 17, 0, 0, 0))
+        );
+        let (s, _) = WindowLength::Week
+            .calendar_period(utc_ms(2025, 3, 17, 0, 0, 0))
+            .unwrap();
         assert_eq!(s, utc_ms(2025, 3, 17, 0, 0, 0));
-        let (s, e) = WindowLength::Month.calendar_period(utc_ms(2024, 2, 29, 12, 0, 0)).unwrap();
-        assert_eq!((s, e), (utc_ms(2024, 2, 1, 0, 0, 0), utc_ms(2024, 3, 1, 0, 0, 0)));
-        let (s, e) = WindowLength::Month.calendar_period(utc_ms(2024, 12, 31, 23, 59, 59)).unwrap();
-        assert_eq!((s, e), (utc_ms(2024, 12, 1, 0, 0, 0), utc_ms(2025, 1, 1, 0, 0, 0)));
+        let (s, e) = WindowLength::Month
+            .calendar_period(utc_ms(2024, 2, 29, 12, 0, 0))
+            .unwrap();
+        assert_eq!(
+            (s, e),
+            (utc_ms(2024, 2, 1, 0, 0, 0), utc_ms(2024, 3, 1, 0, 0, 0))
+        );
+        let (s, e) = WindowLength::Month
+            .calendar_period(utc_ms(2024, 12, 31, 23, 59, 59))
+            .unwrap();
+        assert_eq!(
+            (s, e),
+            (utc_ms(2024, 12, 1, 0, 0, 0), utc_ms(2025, 1, 1, 0, 0, 0))
+        );
     }
 
     #[test]
@@ -426,7 +482,10 @@ mod tests {
 
     #[test]
     fn holds_survive_a_reset_and_limit_headroom() {
-        let plan = PlanWindows(vec![WindowSpec::five_hour(usd(5)), WindowSpec::daily(usd(8))]);
+        let plan = PlanWindows(vec![
+            WindowSpec::five_hour(usd(5)),
+            WindowSpec::daily(usd(8)),
+        ]);
         let mut st = vec![WindowState::default(); 2];
         let t = utc_ms(2025, 1, 1, 20, 0, 0);
         plan.charge(&mut st, usd(4), t);
@@ -443,12 +502,42 @@ mod tests {
     #[test]
     fn splits() {
         use BillingMode::*;
-        assert_eq!(split_hold(Wallet, Some(usd(9)), usd(2)), Some(Split { subscription: Money::ZERO, wallet: usd(2) }));
+        assert_eq!(
+            split_hold(Wallet, Some(usd(9)), usd(2)),
+            Some(Split {
+                subscription: Money::ZERO,
+                wallet: usd(2)
+            })
+        );
         assert_eq!(split_hold(Subscription, Some(usd(1)), usd(2)), None);
         assert_eq!(split_hold(Subscription, None, usd(2)), None);
-        assert_eq!(split_hold(Both, Some(usd(1)), usd(3)), Some(Split { subscription: usd(1), wallet: usd(2) }));
-        assert_eq!(split_charge(Subscription, Some(Money::ZERO), usd(3)), Split { subscription: usd(3), wallet: Money::ZERO });
-        assert_eq!(split_charge(Both, Some(usd(1)), usd(3)), Split { subscription: usd(1), wallet: usd(2) });
-        assert_eq!(split_charge(Both, None, usd(3)), Split { subscription: Money::ZERO, wallet: usd(3) });
+        assert_eq!(
+            split_hold(Both, Some(usd(1)), usd(3)),
+            Some(Split {
+                subscription: usd(1),
+                wallet: usd(2)
+            })
+        );
+        assert_eq!(
+            split_charge(Subscription, Some(Money::ZERO), usd(3)),
+            Split {
+                subscription: usd(3),
+                wallet: Money::ZERO
+            }
+        );
+        assert_eq!(
+            split_charge(Both, Some(usd(1)), usd(3)),
+            Split {
+                subscription: usd(1),
+                wallet: usd(2)
+            }
+        );
+        assert_eq!(
+            split_charge(Both, None, usd(3)),
+            Split {
+                subscription: Money::ZERO,
+                wallet: usd(3)
+            }
+        );
     }
 }
