@@ -18,9 +18,10 @@ pub use sub2api_axum::mock;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Adapter {
     Axum,
+    Actix,
 }
 
-pub const ADAPTERS: &[Adapter] = &[Adapter::Axum];
+pub const ADAPTERS: &[Adapter] = &[Adapter::Axum, Adapter::Actix];
 
 /// One upstream account of the test pool; its key is what the mock sees.
 #[derive(Clone, Debug)]
@@ -75,6 +76,7 @@ pub struct Harness {
     pub adapter: Adapter,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
+    actix: Option<sub2api_actix::ActixServer>,
 }
 
 pub fn config_for(spec: &Spec, vendor_url: &str) -> Config {
@@ -121,17 +123,24 @@ impl Harness {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = match adapter {
+        let (server, actix) = match adapter {
             Adapter::Axum => {
                 let router = sub2api_axum::router(&booted.relay);
-                tokio::spawn(async move {
+                let server = tokio::spawn(async move {
                     axum::serve(listener, router)
                         .with_graceful_shutdown(async move {
                             let _ = stopped.await;
                         })
                         .await
                         .unwrap();
-                })
+                });
+                (Some(server), None)
+            }
+            Adapter::Actix => {
+                let std_listener = listener.into_std().unwrap();
+                std_listener.set_nonblocking(false).unwrap();
+                let server = sub2api_actix::spawn(booted.relay.clone(), std_listener).expect("actix starts");
+                (None, Some(server))
             }
         };
         Harness {
@@ -141,7 +150,8 @@ impl Harness {
             client: reqwest::Client::builder().no_proxy().build().unwrap(),
             adapter,
             stop: Some(stop),
-            server: Some(server),
+            server,
+            actix,
         }
     }
 
@@ -196,6 +206,9 @@ impl Harness {
         }
         if let Some(h) = self.server.take() {
             let _ = h.await;
+        }
+        if let Some(a) = self.actix.take() {
+            a.stop(true).await;
         }
         self.booted.shutdown().await;
         self.booted

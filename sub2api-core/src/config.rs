@@ -173,12 +173,11 @@ impl Config {
             Some(p) => (p.to_path_buf(), true),
             None => (PathBuf::from("sub2api.toml"), false),
         };
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+        let mut c: Config = match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| ConfigError::Parse(path.clone(), e.to_string()))?,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Config::default(),
             Err(e) => return Err(ConfigError::Read(path, e)),
         };
-        let mut c: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse(path.clone(), e.to_string()))?;
         c.apply_env(|k| std::env::var(k).ok());
         Ok(c)
     }

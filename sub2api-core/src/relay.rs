@@ -111,7 +111,7 @@ impl Relay {
             .layer(AuthLayer::new(keys.clone()))
             .layer(ParseLayer::new(config.max_body_bytes))
             .layer(LimitLayer::new(Arc::new(KeyLimiter::default())))
-            .layer(ReserveLayer::new(parts.ledger.clone(), parts.meter.clone()))
+            .layer(ReserveLayer::new(parts.ledger.clone(), parts.meter.clone()).with_tracker(tracker.clone()))
             .layer(MeterLayer::new(MeterSettings {
                 ledger: parts.ledger.clone(),
                 meter: parts.meter.clone(),

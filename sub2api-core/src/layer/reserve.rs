@@ -22,6 +22,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
+use tokio_util::task::TaskTracker;
 use tower::{Layer, Service};
 
 use crate::domain::Principal;
@@ -35,11 +36,12 @@ use crate::request::RelayRequest;
 pub struct HoldCell {
     hold: Mutex<Option<Hold>>,
     ledger: Arc<dyn Ledger>,
+    tracker: TaskTracker,
 }
 
 impl HoldCell {
-    pub fn new(hold: Hold, ledger: Arc<dyn Ledger>) -> Self {
-        HoldCell { hold: Mutex::new(Some(hold)), ledger }
+    pub fn new(hold: Hold, ledger: Arc<dyn Ledger>, tracker: TaskTracker) -> Self {
+        HoldCell { hold: Mutex::new(Some(hold)), ledger, tracker }
     }
 
     /// Takes the hold to settle it; afterwards dropping the cell does nothing.
@@ -56,13 +58,17 @@ impl Drop for HoldCell {
     fn drop(&mut self) {
         let Some(hold) = self.hold.get_mut().unwrap().take() else { return };
         let ledger = self.ledger.clone();
+        // Tracked, so `Relay::shutdown` waits for releases as it does for settlements.
         match tokio::runtime::Handle::try_current() {
             Ok(h) => {
-                h.spawn(async move {
-                    if let Err(e) = ledger.release(&hold).await {
-                        tracing::error!(request_id = %hold.request_id, error = %e, "could not release hold; recovery will");
-                    }
-                });
+                self.tracker.spawn_on(
+                    async move {
+                        if let Err(e) = ledger.release(&hold).await {
+                            tracing::error!(request_id = %hold.request_id, error = %e, "could not release hold; recovery will");
+                        }
+                    },
+                    &h,
+                );
             }
             Err(_) => tracing::error!(request_id = %hold.request_id, "hold dropped outside a runtime; recovery will release it"),
         }
@@ -87,18 +93,25 @@ pub fn refusal(e: LedgerError) -> RelayError {
 pub struct ReserveLayer {
     ledger: Arc<dyn Ledger>,
     meter: Arc<dyn Meter>,
+    tracker: TaskTracker,
 }
 
 impl ReserveLayer {
     pub fn new(ledger: Arc<dyn Ledger>, meter: Arc<dyn Meter>) -> Self {
-        ReserveLayer { ledger, meter }
+        ReserveLayer { ledger, meter, tracker: TaskTracker::new() }
+    }
+
+    /// Releases of abandoned holds run on this tracker (the relay's, so shutdown waits for them).
+    pub fn with_tracker(mut self, tracker: TaskTracker) -> Self {
+        self.tracker = tracker;
+        self
     }
 }
 
 impl<S> Layer<S> for ReserveLayer {
     type Service = Reserve<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Reserve { inner, ledger: self.ledger.clone(), meter: self.meter.clone() }
+        Reserve { inner, ledger: self.ledger.clone(), meter: self.meter.clone(), tracker: self.tracker.clone() }
     }
 }
 
@@ -107,6 +120,7 @@ pub struct Reserve<S> {
     inner: S,
     ledger: Arc<dyn Ledger>,
     meter: Arc<dyn Meter>,
+    tracker: TaskTracker,
 }
 
 impl<S, RB> Service<Request<Bytes>> for Reserve<S>
@@ -126,6 +140,7 @@ where
         let mut inner = super::take_ready(&mut self.inner);
         let ledger = self.ledger.clone();
         let meter = self.meter.clone();
+        let tracker = self.tracker.clone();
         Box::pin(async move {
             let ext = req.extensions();
             let (Some(ctx), Some(principal)) = (ext.get::<RelayRequest>(), ext.get::<Principal>()) else {
@@ -147,7 +162,7 @@ where
                 })
                 .await
                 .map_err(refusal)?;
-            req.extensions_mut().insert(Arc::new(HoldCell::new(hold, ledger)));
+            req.extensions_mut().insert(Arc::new(HoldCell::new(hold, ledger, tracker)));
             inner.call(req).await
         })
     }
