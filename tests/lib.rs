@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use serde_json::{Value, json};
-use sub2api_axum::boot::{Booted, boot};
+use sub2api_axum::boot::{Booted, boot_with};
 use sub2api_axum::mock::MockVendor;
 use sub2api_core::config::{AccountSeed, Config, GroupSeed, KeySeed, RelaySection, UserSeed};
 use sub2api_core::domain::{Account, AccountKind, Platform, UsageRecord};
@@ -97,6 +97,7 @@ pub fn config_for(spec: &Spec, vendor_url: &str) -> Config {
                 priority: a.priority,
                 concurrency: a.concurrency,
                 groups: vec!["default".into()],
+                ..AccountSeed::new(&a.name, Platform::Anthropic, AccountKind::Apikey)
             })
             .collect(),
         users: vec![UserSeed { email: USER.into(), balance_usd: spec.balance, password: None }],
@@ -119,7 +120,14 @@ impl Harness {
     }
 
     pub async fn start_with_vendor(adapter: Adapter, spec: Spec, vendor: MockVendor) -> Harness {
-        let booted = boot(config_for(&spec, &vendor.base_url())).await.expect("relay boots");
+        let config = config_for(&spec, &vendor.base_url());
+        Self::start_with_config(adapter, config, vendor).await
+    }
+
+    /// A relay booted from any `config` (groups and accounts of every platform) in front of `vendor`.
+    pub async fn start_with_config(adapter: Adapter, config: Config, vendor: MockVendor) -> Harness {
+        let key = sub2api_sqlx::MasterKey::new([7u8; 32]);
+        let booted = boot_with(config, Some(key)).await.expect("relay boots");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -272,4 +280,70 @@ pub fn sse_events(text: &str) -> Vec<(String, Value)> {
             Some((event?, data?))
         })
         .collect()
+}
+
+/// Where a durable test keeps its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    Memory,
+    Sqlite,
+    Postgres,
+}
+
+pub const DURABLE: &[Storage] = &[Storage::Sqlite, Storage::Postgres];
+
+/// The Postgres server the tests use (trust auth); override with `SUB2API_TEST_PG_URL`.
+pub fn pg_base_url() -> String {
+    std::env::var("SUB2API_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A fresh database for one test: a SQLite file in its own temp folder, or a Postgres schema of
+/// its own (selected through `search_path`), removed on drop.
+pub struct TestDb {
+    pub url: String,
+    dir: Option<std::path::PathBuf>,
+    schema: Option<String>,
+}
+
+impl TestDb {
+    pub async fn new(storage: Storage) -> TestDb {
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        match storage {
+            Storage::Memory => TestDb { url: "memory".into(), dir: None, schema: None },
+            Storage::Sqlite => {
+                let dir = std::env::temp_dir().join(format!("sub2api-e2e-{suffix}"));
+                TestDb { url: format!("sqlite://{}/sub2api.db", dir.display()), dir: Some(dir), schema: None }
+            }
+            Storage::Postgres => {
+                let schema = format!("e2e_{}", &suffix[..16]);
+                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&pg_base_url())
+                    .await
+                    .expect("Postgres must be running for the tests (see .ci/run)");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&mut conn).await.unwrap();
+                let url = format!("{}?options=-csearch_path%3D{schema}", pg_base_url());
+                TestDb { url, dir: None, schema: Some(schema) }
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        if let Some(schema) = self.schema.take() {
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async move {
+                    if let Ok(mut conn) = <sqlx::PgConnection as sqlx::Connection>::connect(&pg_base_url()).await {
+                        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                            .execute(&mut conn)
+                            .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
 }

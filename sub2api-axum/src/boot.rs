@@ -5,12 +5,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sub2api_core::api::quota::QuotaLedger;
+use sub2api_core::api::{AdminStore, Api, ApiConfig, LiveMeter, PoolControl};
 use sub2api_core::config::{Config, ConfigError, SeedReport, apply_seed};
+use sub2api_core::domain::Secret;
 use sub2api_core::ledger::Ledger;
 use sub2api_core::memory::{
     MemoryAccountProvider, MemoryDirectory, MemoryLedger, MemoryScheduler, MemoryUsageLog, SchedulerConfig,
 };
-use sub2api_core::meter::PricedMeter;
 use sub2api_core::pricing::PriceTable;
 use sub2api_core::relay::{Relay, RelayParts};
 use sub2api_core::store::{Directory, UsageLog};
@@ -31,6 +33,10 @@ pub enum BootError {
 /// A relay ready to serve, and what must be closed after it.
 pub struct Booted {
     pub relay: Relay,
+    /// The admin and user HTTP API over the same store (mount with `sub2api_axum::api::router`).
+    pub api: Api,
+    /// The admin key generated on this (first) start: show it once, only its hash is kept.
+    pub generated_admin_key: Option<Secret>,
     /// The SQL store, when the database is not `memory`.
     pub store: Option<SqlStore>,
     pub seed: SeedReport,
@@ -88,6 +94,12 @@ fn data_dir(database_url: &str) -> PathBuf {
 
 /// Builds the relay described by `config`.
 pub async fn boot(config: Config) -> Result<Booted, BootError> {
+    boot_with(config, None).await
+}
+
+/// [`boot`] with an explicit master key instead of `SUB2API_MASTER_KEY` / the key file (tests and
+/// embedders that manage their own secrets).
+pub async fn boot_with(config: Config, master: Option<MasterKey>) -> Result<Booted, BootError> {
     let prices = match &config.pricing_file {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| BootError::Pricing(path.clone(), e.to_string()))?;
@@ -97,11 +109,14 @@ pub async fn boot(config: Config) -> Result<Booted, BootError> {
     };
     let prices = Arc::new(prices);
     let url = config.database_url().to_owned();
-    let (directory, ledger, usage_log, store): (Arc<dyn Directory>, Arc<dyn Ledger>, Arc<dyn UsageLog>, _) =
+    let (admin, ledger, usage_log, store): (Arc<dyn AdminStore>, Arc<dyn Ledger>, Arc<dyn UsageLog>, _) =
         if url == "memory" || url == "memory://" {
             (Arc::new(MemoryDirectory::new()), Arc::new(MemoryLedger::new()), Arc::new(MemoryUsageLog::default()), None)
         } else {
-            let key = master_key(&data_dir(&url))?;
+            let key = match master {
+                Some(k) => k,
+                None => master_key(&data_dir(&url))?,
+            };
             let store = SqlStore::connect_with(&url, StoreOptions::new(key))
                 .await
                 .map_err(|e| BootError::Database(e.to_string()))?;
@@ -109,8 +124,20 @@ pub async fn boot(config: Config) -> Result<Booted, BootError> {
             tracing::info!(?recovered, "startup recovery done");
             (Arc::new(store.clone()), Arc::new(store.clone()), Arc::new(store.clone()), Some(store))
         };
+    let directory: Arc<dyn Directory> = admin.clone();
     let seed = apply_seed(&config, directory.as_ref(), ledger.as_ref()).await?;
-    let accounts = Arc::new(MemoryAccountProvider::from_directory(directory.clone()).await.map_err(ConfigError::from)?);
+    let api_config = ApiConfig::default();
+    sub2api_core::api::setup::seed_passwords(&config, admin.as_ref(), api_config.password).await.map_err(ConfigError::from)?;
+    // Key quotas settle and release with the wallet holds.
+    let ledger = QuotaLedger::wrap(ledger, directory.clone());
+    // OAuth accounts renew their tokens through the `[oauth]` endpoints (single-flight per account).
+    let token_client = sub2api_core::oauth::TokenClient::new(config.oauth.clone(), Default::default());
+    let accounts = Arc::new(
+        MemoryAccountProvider::from_directory(directory.clone())
+            .await
+            .map_err(ConfigError::from)?
+            .with_oauth(token_client),
+    );
     let scheduler = Arc::new(MemoryScheduler::with_config(
         accounts.clone(),
         SchedulerConfig {
@@ -119,8 +146,21 @@ pub async fn boot(config: Config) -> Result<Booted, BootError> {
             ..Default::default()
         },
     ));
-    let meter = Arc::new(PricedMeter::new(prices.clone()).with_policy(config.relay.hold_policy()));
+    // The price table can be replaced over the API; a replaced one outlives restarts.
+    let live = Arc::new(LiveMeter::new(prices.clone(), config.relay.hold_policy()));
+    if let Some(stored) = sub2api_core::api::setup::stored_prices(admin.as_ref()).await.map_err(ConfigError::from)? {
+        live.replace(stored);
+    }
+    let meter: Arc<dyn sub2api_core::meter::Meter> = live.clone();
+    let pool: Arc<dyn PoolControl> = accounts.clone();
     let parts = RelayParts { directory, accounts, scheduler, ledger, usage_log, prices, meter };
     let relay = Relay::new(parts, config.relay.relay_config());
-    Ok(Booted { relay, store, seed, config })
+    let admin_key = sub2api_core::api::setup::admin_key(admin.as_ref(), config.admin_key.as_deref())
+        .await
+        .map_err(ConfigError::from)?;
+    let api = Api::new(
+        sub2api_core::api::setup::parts(&relay, admin, Some(pool), Some(live)),
+        ApiConfig { admin_key_sha256: Some(admin_key.sha256), ..api_config },
+    );
+    Ok(Booted { relay, api, generated_admin_key: admin_key.generated, store, seed, config })
 }

@@ -35,6 +35,55 @@ enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Users (same rules as POST /api/v1/admin/users).
+    User {
+        #[command(subcommand)]
+        command: sub2api_axum::api::cli::UserCommand,
+    },
+    /// API keys (same rules as POST /api/v1/admin/keys); the key is printed once.
+    Key {
+        #[command(subcommand)]
+        command: sub2api_axum::api::cli::KeyCommand,
+    },
+    /// Upstream accounts (same rules as POST /api/v1/admin/accounts).
+    Account {
+        #[command(subcommand)]
+        command: AccountCli,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccountCli {
+    #[command(flatten)]
+    Admin(sub2api_axum::api::cli::AccountCommand),
+    /// Start adding a subscription account: prints the sign-in URL (PKCE) and keeps the pending
+    /// verifier in the store until `oauth-exchange`.
+    OauthUrl {
+        /// anthropic (Claude Pro/Max) or openai (ChatGPT/Codex).
+        #[arg(long)]
+        platform: String,
+        /// Name of the account to create.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated group names.
+        #[arg(long, default_value = "")]
+        groups: String,
+        #[arg(long, default_value_t = 50)]
+        priority: i32,
+        #[arg(long, default_value_t = 4)]
+        concurrency: u32,
+        #[arg(long)]
+        base_url: Option<String>,
+        /// A Claude setup token (inference only, one year) instead of a full sign-in.
+        #[arg(long)]
+        setup_token: bool,
+    },
+    /// Finish `oauth-url`: exchange what the vendor showed (`code#state`, the callback URL, or the
+    /// code) for tokens and save the account.
+    OauthExchange {
+        #[arg(long)]
+        code: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -57,6 +106,12 @@ async fn main() -> std::process::ExitCode {
         Command::Demo => demo().await,
         Command::MockVendor { listen } => sub2api_axum::mock::serve_standalone(listen).await.map_err(|e| e.to_string()),
         Command::Ledger { command: LedgerCommand::Verify } => verify(cli.config).await,
+        Command::User { command } => sub2api_axum::api::cli::user(cli.config, command).await,
+        Command::Key { command } => sub2api_axum::api::cli::key(cli.config, command).await,
+        Command::Account { command: AccountCli::Admin(command) } => {
+            sub2api_axum::api::cli::account(cli.config, command).await
+        }
+        Command::Account { command } => oauth_command(cli.config, command).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -65,6 +120,45 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+async fn oauth_command(config: Option<PathBuf>, cmd: AccountCli) -> Result<(), String> {
+    use sub2api_core::oauth;
+    let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+    let booted = boot(config).await.map_err(|e| e.to_string())?;
+    let dir = booted.relay.parts().directory.clone();
+    let result = match cmd {
+        AccountCli::OauthUrl { platform, name, groups, priority, concurrency, base_url, setup_token } => {
+            let account = oauth::PendingAccount {
+                name,
+                groups: groups.split(',').map(str::trim).filter(|g| !g.is_empty()).map(str::to_owned).collect(),
+                priority,
+                concurrency,
+                base_url,
+                options: Default::default(),
+            };
+            match platform.parse::<Platform>() {
+                Ok(p) => oauth::begin(dir.as_ref(), &booted.config.oauth, p, setup_token, account)
+                    .await
+                    .map(|url| {
+                        println!("Open this URL, sign in, and run `sub2api account oauth-exchange --code '<what the page shows>'`:");
+                        println!("{url}");
+                    })
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            }
+        }
+        AccountCli::OauthExchange { code } => {
+            let client = oauth::TokenClient::new(booted.config.oauth.clone(), Default::default());
+            oauth::complete(dir.as_ref(), &client, &code)
+                .await
+                .map(|a| println!("saved account `{}` ({} {:?}, id {})", a.name, a.platform.as_str(), a.kind, a.id))
+                .map_err(|e| e.to_string())
+        }
+        AccountCli::Admin(_) => Ok(()),
+    };
+    booted.shutdown().await;
+    result
 }
 
 async fn shutdown_signal() {
@@ -85,9 +179,16 @@ async fn shutdown_signal() {
 async fn run(booted: Booted) -> Result<(), String> {
     let listen = booted.config.listen().to_owned();
     let listener = tokio::net::TcpListener::bind(&listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    tracing::info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, "relay listening");
-    let router = sub2api_axum::router(&booted.relay);
-    axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await.map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%addr, "relay listening");
+    // A plain line for scripts and supervisors (the log line may be filtered or coloured).
+    println!("sub2api listening on http://{addr}");
+    // Relay routes and the admin/user API; ConnectInfo gives key IP allowlists the client address.
+    let router = sub2api_axum::api::app(&booted.relay, booted.api.clone());
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
     booted.shutdown().await;
     tracing::info!("stopped cleanly");
     Ok(())
@@ -99,6 +200,10 @@ async fn serve(config: Option<PathBuf>) -> Result<(), String> {
     for (email, name, key) in &booted.seed.generated_keys {
         // Shown once: only the hash is stored.
         println!("generated key `{name}` for {email}: {}", key.expose());
+    }
+    if let Some(key) = &booted.generated_admin_key {
+        // Shown once: only its SHA-256 is stored. Set SUB2API_ADMIN_KEY to choose your own.
+        println!("generated admin key (Authorization: Bearer on /api/v1/admin/): {}", key.expose());
     }
     run(booted).await
 }
@@ -138,6 +243,7 @@ async fn demo() -> Result<(), String> {
                 priority: 50,
                 concurrency: 2,
                 groups: vec!["demo".into()],
+                ..AccountSeed::new(format!("mock-{i}"), Platform::Anthropic, AccountKind::Apikey)
             })
             .collect(),
         users: vec![UserSeed { email: "demo@example.com".into(), balance_usd: Money::usd(5), password: None }],

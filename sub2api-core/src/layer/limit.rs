@@ -92,17 +92,14 @@ impl KeyLimiter {
                 st.semaphore = Arc::new(Semaphore::new(cap as usize));
                 st.capacity = cap;
             }
-            if st.semaphore.available_permits() == 0 {
-                if st.waiting >= self.max_waiting {
-                    return Err(RelayError::rate_limited(
-                        format!("this key already has {cap} requests in flight and a full queue"),
-                        Duration::from_secs(1),
-                    ));
-                }
-                st.waiting += 1;
-            } else {
-                st.waiting += 1; // balanced by the guard below either way
+            if st.semaphore.available_permits() == 0 && st.waiting >= self.max_waiting {
+                return Err(RelayError::rate_limited(
+                    format!("this key already has {cap} requests in flight and a full queue"),
+                    Duration::from_secs(1),
+                ));
             }
+            // Counted until the permit is granted (or the wait gives up); see `WaitGuard`.
+            st.waiting += 1;
             st.semaphore.clone()
         };
         let _waiting = WaitGuard(self, key);
