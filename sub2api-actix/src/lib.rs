@@ -50,6 +50,7 @@
 //! there too, so they survive worker restarts. After the server stopped, [`Relay::shutdown`]
 //! waits for that work.
 
+pub mod api;
 mod body;
 mod runtime;
 mod server;
@@ -130,13 +131,17 @@ impl Mount {
             query => format!("{path}?{query}"),
         };
         let (body, feed) = request_body(payload);
-        let request = match http_request(&req, &uri, body) {
+        let mut request = match http_request(&req, &uri, body) {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(error = %e, "request not representable as an http::Request");
                 return HttpResponse::BadRequest().finish();
             }
         };
+        // Key IP allowlists read the client's address.
+        if let Some(addr) = req.peer_addr() {
+            request.extensions_mut().insert(sub2api_core::layer::auth::ClientAddr(addr));
+        }
         let call = InRuntime::new(
             self.app.call_with(request),
             self.runtime.clone(),

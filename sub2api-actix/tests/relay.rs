@@ -52,6 +52,7 @@ async fn fixture() -> Fixture {
             priority: 50,
             concurrency: 4,
             groups: vec!["g".into()],
+            ..AccountSeed::new("mock-1", Platform::Anthropic, AccountKind::Apikey)
         }],
         users: vec![UserSeed {
             email: EMAIL.into(),

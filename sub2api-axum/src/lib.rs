@@ -11,6 +11,7 @@
 //! # }
 //! ```
 
+pub mod api;
 pub mod boot;
 pub mod mock;
 
@@ -26,7 +27,7 @@ use sub2api_core::relay::Relay;
 pub fn router(relay: &Relay) -> Router {
     let app = relay.app();
     let svc = tower::service_fn(move |req: Request<Body>| {
-        let fut = app.call_with(req);
+        let fut = app.call_with(api::with_client_addr(req));
         async move { Ok::<_, Infallible>(fut.await) }
     });
     let mut router = Router::new();

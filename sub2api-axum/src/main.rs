@@ -278,6 +278,9 @@ Ctrl-C stops both.
 "#,
         key = key.expose()
     );
+    if let Some(admin) = &booted.generated_admin_key {
+        println!("Admin API: curl -s http://{listen}/api/v1/admin/users -H 'Authorization: Bearer {}'\n", admin.expose());
+    }
     let result = run(booted).await;
     drop(vendor);
     result

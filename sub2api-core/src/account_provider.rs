@@ -69,4 +69,20 @@ pub trait AccountProvider: Send + Sync + 'static {
 
     /// Turns an upstream result into account state.
     async fn report(&self, account: &Account, outcome: Outcome);
+
+    /// The vendor refused the credentials whose [`fingerprint`] is `used` (a 401). A provider
+    /// that can renew them (OAuth) refreshes once, single-flight, and returns true when fresh
+    /// credentials are in place (refreshed now or by a concurrent request), so the request may be
+    /// tried again; false disables the account as before.
+    async fn credentials_rejected(&self, account: &Account, used: u64) -> bool {
+        let _ = (account, used);
+        false
+    }
+}
+
+/// A short fingerprint of a secret, to compare credentials without carrying them around.
+pub fn fingerprint(secret: &crate::domain::Secret) -> u64 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(secret.expose().as_bytes());
+    u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::domain::{AccountKind, Credentials, KeyLimits, Platform, Secret};
+use crate::domain::{AccountKind, AccountOptions, Credentials, KeyLimits, OAuthTokens, Platform, ProxyUrl, Secret};
 use crate::ledger::{Credit, EntryKind, Ledger, LedgerError};
 use crate::meter::HoldPolicy;
 use crate::money::{Money, Multiplier};
@@ -23,6 +23,9 @@ pub struct Config {
     pub database_url: Option<String>,
     /// Enables the shared Redis scheduler; `SUB2API_REDIS_URL` overrides.
     pub redis_url: Option<String>,
+    /// The admin API key (`Authorization: Bearer` on `/api/v1/admin/`); `SUB2API_ADMIN_KEY`
+    /// overrides. Without one, a key is generated on first start, printed once and kept hashed.
+    pub admin_key: Option<String>,
     /// A LiteLLM-format price file replacing the bundled table.
     pub pricing_file: Option<PathBuf>,
     #[serde(default)]
@@ -35,6 +38,9 @@ pub struct Config {
     pub users: Vec<UserSeed>,
     #[serde(default)]
     pub keys: Vec<KeySeed>,
+    /// `[oauth.anthropic]`, `[oauth.openai]`, `[oauth.google]`: token endpoints and clients.
+    #[serde(default)]
+    pub oauth: crate::oauth::OAuthConfig,
 }
 
 /// Request-path tunables.
@@ -116,6 +122,13 @@ pub struct AccountSeed {
     pub kind: AccountKind,
     pub api_key: Option<String>,
     pub access_token: Option<String>,
+    /// `type = "oauth"`: the refresh token (access tokens are then renewed before expiry).
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+    /// When `access_token` expires: unix seconds (or ms), or an RFC 3339 time.
+    #[serde(default)]
+    pub expires_at: Option<ExpiresAt>,
+    /// `base_url` defaults to the platform's API (`apikey`) or subscription endpoint (`oauth`).
     pub base_url: Option<String>,
     #[serde(default = "default_priority")]
     pub priority: i32,
@@ -123,6 +136,108 @@ pub struct AccountSeed {
     pub concurrency: u32,
     #[serde(default)]
     pub groups: Vec<String>,
+    /// Client model -> upstream model (`*` wildcards allowed in keys).
+    #[serde(default)]
+    pub model_mapping: std::collections::BTreeMap<String, String>,
+    /// Models this account serves (`*` wildcards); empty = any.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// `socks5://`, `socks5h://`, `http://` or `https://` proxy for this account's upstream traffic.
+    #[serde(default)]
+    pub proxy: Option<String>,
+    /// Codex OAuth accounts: the ChatGPT account id (`chatgpt-account-id`).
+    #[serde(default)]
+    pub chatgpt_account_id: Option<String>,
+    /// Gemini Code Assist accounts: the Google Cloud project.
+    #[serde(default)]
+    pub project_id: Option<String>,
+}
+
+/// An expiry time in unix milliseconds, written as unix seconds, unix milliseconds or RFC 3339.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExpiresAt(pub i64);
+
+impl<'de> Deserialize<'de> for ExpiresAt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Text(String),
+        }
+        let from_int = |n: i64| if n > 100_000_000_000 { n } else { n * 1000 };
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ExpiresAt(from_int(n))),
+            Raw::Text(t) => match t.trim().parse::<i64>() {
+                Ok(n) => Ok(ExpiresAt(from_int(n))),
+                Err(_) => time::OffsetDateTime::parse(t.trim(), &time::format_description::well_known::Rfc3339)
+                    .map(|t| ExpiresAt((t.unix_timestamp_nanos() / 1_000_000) as i64))
+                    .map_err(|_| serde::de::Error::custom("expires_at: unix seconds or an RFC 3339 time")),
+            },
+        }
+    }
+}
+
+impl AccountSeed {
+    /// A seed with the defaults of the file format (tests and code that build configs).
+    pub fn new(name: impl Into<String>, platform: Platform, kind: AccountKind) -> Self {
+        AccountSeed {
+            name: name.into(),
+            platform,
+            kind,
+            api_key: None,
+            access_token: None,
+            refresh_token: None,
+            expires_at: None,
+            base_url: None,
+            priority: default_priority(),
+            concurrency: default_concurrency(),
+            groups: Vec::new(),
+            model_mapping: Default::default(),
+            models: Vec::new(),
+            proxy: None,
+            chatgpt_account_id: None,
+            project_id: None,
+        }
+    }
+
+    fn options(&self) -> Result<AccountOptions, ConfigError> {
+        let proxy = match &self.proxy {
+            Some(p) => Some(ProxyUrl::parse(p).map_err(|e| ConfigError::Seed(format!("account `{}`: {e}", self.name)))?),
+            None => None,
+        };
+        Ok(AccountOptions {
+            model_mapping: self.model_mapping.clone(),
+            models: self.models.clone(),
+            proxy,
+            chatgpt_account_id: self.chatgpt_account_id.clone(),
+            project_id: self.project_id.clone(),
+        })
+    }
+
+    fn credentials(&self) -> Result<Credentials, ConfigError> {
+        let missing = |what: &str| ConfigError::Seed(format!("account `{}`: {what} required", self.name));
+        Ok(match self.kind {
+            AccountKind::Apikey => Credentials::ApiKey(Secret::new(self.api_key.clone().ok_or_else(|| missing("api_key"))?)),
+            AccountKind::Oauth => match &self.refresh_token {
+                Some(refresh) => Credentials::OAuth(OAuthTokens {
+                    access_token: Secret::new(self.access_token.clone().unwrap_or_default()),
+                    refresh_token: Secret::new(refresh.clone()),
+                    // No access token yet: expired, so the first request refreshes.
+                    expires_at_ms: match (&self.access_token, self.expires_at) {
+                        (None, _) => Some(0),
+                        (Some(_), e) => e.map(|e| e.0),
+                    },
+                }),
+                None => Credentials::Bearer(Secret::new(
+                    self.access_token.clone().ok_or_else(|| missing("access_token or refresh_token"))?,
+                )),
+            },
+            AccountKind::SetupToken => {
+                Credentials::Bearer(Secret::new(self.access_token.clone().ok_or_else(|| missing("access_token"))?))
+            }
+        })
+    }
 }
 
 fn apikey() -> AccountKind {
@@ -193,6 +308,9 @@ impl Config {
         if let Some(v) = var("SUB2API_REDIS_URL") {
             self.redis_url = Some(v);
         }
+        if let Some(v) = var("SUB2API_ADMIN_KEY") {
+            self.admin_key = Some(v);
+        }
     }
 
     pub fn listen(&self) -> &str {
@@ -221,18 +339,30 @@ pub async fn apply_seed(config: &Config, dir: &dyn Directory, ledger: &dyn Ledge
         dir.upsert_group(NewGroup { name: g.name.clone(), platform: g.platform, rate_multiplier: g.rate_multiplier })
             .await?;
     }
+    let existing = if config.accounts.iter().any(|a| a.kind == AccountKind::Oauth) {
+        dir.accounts().await?
+    } else {
+        Vec::new()
+    };
+    let statuses = if existing.is_empty() { Vec::new() } else { dir.account_statuses().await? };
     for a in &config.accounts {
-        let credentials = match a.kind {
-            AccountKind::Apikey => Credentials::ApiKey(Secret::new(
-                a.api_key.clone().ok_or_else(|| ConfigError::Seed(format!("account `{}`: api_key required", a.name)))?,
-            )),
-            AccountKind::Oauth | AccountKind::SetupToken => Credentials::Bearer(Secret::new(
-                a.access_token
-                    .clone()
-                    .ok_or_else(|| ConfigError::Seed(format!("account `{}`: access_token required", a.name)))?,
-            )),
+        let mut credentials = a.credentials()?;
+        // Refresh tokens rotate: once the relay has refreshed a seeded OAuth account, the file's
+        // token is spent, so a restart keeps the stored tokens. The file's tokens apply again
+        // only when the stored ones died (the account was disabled).
+        if let Credentials::OAuth(_) = credentials
+            && let Some(old) = existing.iter().find(|x| x.name == a.name)
+            && !statuses.iter().any(|(id, s)| *id == old.id && matches!(s, crate::account_provider::AccountStatus::Disabled { .. }))
+            && let Ok(stored @ Credentials::OAuth(_)) = dir.account_credentials(old.id).await
+        {
+            credentials = stored;
+        }
+        let options = a.options()?;
+        let default_base = match a.kind {
+            AccountKind::Apikey => a.platform.default_base_url(),
+            _ => a.platform.default_oauth_base_url(),
         };
-        let base_url = a.base_url.clone().unwrap_or_else(|| a.platform.default_base_url().to_owned());
+        let base_url = a.base_url.clone().unwrap_or_else(|| default_base.to_owned());
         if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
             return Err(ConfigError::Seed(format!("account `{}`: base_url must be http(s)", a.name)));
         }
@@ -248,6 +378,7 @@ pub async fn apply_seed(config: &Config, dir: &dyn Directory, ledger: &dyn Ledge
             concurrency: a.concurrency,
             groups: a.groups.clone(),
             credentials,
+            options,
         })
         .await?;
     }

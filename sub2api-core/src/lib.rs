@@ -9,6 +9,7 @@
 //! its traits.
 
 pub mod account_provider;
+pub mod api;
 pub mod body;
 pub mod config;
 pub mod dialect;
@@ -20,6 +21,7 @@ pub mod memory;
 pub mod meter;
 pub mod metrics;
 pub mod money;
+pub mod oauth;
 pub mod payment;
 pub mod pricing;
 pub mod protocol;

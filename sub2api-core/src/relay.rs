@@ -109,9 +109,12 @@ impl Relay {
             .layer(RequestIdLayer)
             .layer(ErrorRenderLayer)
             .layer(AuthLayer::new(keys.clone()))
-            .layer(ParseLayer::new(config.max_body_bytes))
+            .layer(ParseLayer::new(config.max_body_bytes).with_accounts(parts.accounts.clone()))
             .layer(LimitLayer::new(Arc::new(KeyLimiter::default())))
-            .layer(ReserveLayer::new(parts.ledger.clone(), parts.meter.clone()).with_tracker(tracker.clone()))
+            .layer(
+                ReserveLayer::new(parts.ledger.clone(), parts.meter.clone())
+                    .with_tracker(tracker.clone()),
+            )
             .layer(MeterLayer::new(MeterSettings {
                 ledger: parts.ledger.clone(),
                 meter: parts.meter.clone(),
@@ -120,10 +123,22 @@ impl Relay {
                 tracker: tracker.clone(),
                 drain_timeout: config.drain_timeout,
             }))
-            .layer(FailoverLayer::new(parts.accounts.clone(), config.max_attempts, metrics.clone()))
-            .layer(ScheduleLayer::new(parts.scheduler.clone()))
+            .layer(FailoverLayer::new(
+                parts.accounts.clone(),
+                config.max_attempts,
+                metrics.clone(),
+            ))
+            .layer(
+                ScheduleLayer::new(parts.scheduler.clone()).with_accounts(parts.accounts.clone()),
+            )
             .service(upstream);
-        Relay { parts, keys, metrics, tracker, stack: BoxCloneSyncService::new(stack) }
+        Relay {
+            parts,
+            keys,
+            metrics,
+            tracker,
+            stack: BoxCloneSyncService::new(stack),
+        }
     }
 
     pub fn parts(&self) -> &RelayParts {
@@ -138,20 +153,29 @@ impl Relay {
         &self.keys
     }
 
-    /// The relay stack alone (`/v1/messages`, `/v1/messages/count_tokens`).
+    /// The relay stack alone (every `POST` route [`crate::layer::parse::endpoint`] knows).
     pub fn stack(&self) -> RelayService {
         self.stack.clone()
     }
 
     /// Every relay route as one service; adapters mount it for the paths in [`Relay::ROUTES`].
     pub fn app(&self) -> RelayApp {
-        RelayApp { relay: self.clone() }
+        RelayApp {
+            relay: self.clone(),
+        }
     }
 
     /// The routes [`Relay::app`] answers.
+    /// Patterns use `{name}` for one path segment (axum and actix-web both read them).
     pub const ROUTES: &'static [(&'static str, &'static str)] = &[
         ("POST", "/v1/messages"),
         ("POST", "/v1/messages/count_tokens"),
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/responses"),
+        ("POST", "/backend-api/codex/responses"),
+        ("POST", "/v1beta/models/{model}"),
+        ("POST", "/v1/models/{model}"),
+        ("GET", "/v1beta/models"),
         ("GET", "/v1/models"),
         ("GET", "/v1/usage"),
         ("GET", "/healthz"),
@@ -173,14 +197,21 @@ impl Relay {
         let principal = self.authenticate(req).await?;
         let ids = self.parts.prices.models(principal.group.platform);
         let body = match principal.group.platform {
-            Platform::Anthropic | Platform::Openai | Platform::Gemini => crate::protocol::anthropic::models_listing(&ids),
+            Platform::Anthropic => crate::protocol::anthropic::models_listing(&ids),
+            Platform::Openai => crate::protocol::openai::models_listing(&ids),
+            Platform::Gemini => crate::protocol::gemini::models_listing(&ids),
         };
         Ok(json(StatusCode::OK, body))
     }
 
     async fn usage(&self, req: &http::request::Parts) -> Result<Response<RelayBody>, RelayError> {
         let principal = self.authenticate(req).await?;
-        let balance = self.parts.ledger.balance(principal.user).await.map_err(crate::layer::reserve::refusal)?;
+        let balance = self
+            .parts
+            .ledger
+            .balance(principal.user)
+            .await
+            .map_err(crate::layer::reserve::refusal)?;
         let available = balance.available();
         let v = serde_json::json!({
             "isValid": true,
@@ -192,17 +223,30 @@ impl Relay {
         Ok(json(StatusCode::OK, Bytes::from(v.to_string())))
     }
 
-    async fn authenticate(&self, req: &http::request::Parts) -> Result<crate::domain::Principal, RelayError> {
-        let key = extract_key(&req.headers, req.uri.query(), false)
-            .ok_or_else(|| RelayError::authentication("missing API key"))?;
-        self.keys.lookup(key).await?.ok_or_else(|| RelayError::authentication("invalid API key"))
+    async fn authenticate(
+        &self,
+        req: &http::request::Parts,
+    ) -> Result<crate::domain::Principal, RelayError> {
+        let key = extract_key(
+            &req.headers,
+            req.uri.query(),
+            Dialect::from_path(req.uri.path()) == Dialect::Gemini,
+        )
+        .ok_or_else(|| RelayError::authentication("missing API key"))?;
+        self.keys
+            .lookup(key)
+            .await?
+            .ok_or_else(|| RelayError::authentication("invalid API key"))
     }
 }
 
 fn json(status: StatusCode, body: Bytes) -> Response<RelayBody> {
     let mut res = Response::new(full(body));
     *res.status_mut() = status;
-    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     res
 }
 
@@ -239,22 +283,31 @@ impl Service<Request<IncomingBody>> for RelayApp {
     }
 
     fn call(&mut self, req: Request<IncomingBody>) -> Self::Future {
-        if req.method() == Method::POST && matches!(req.uri().path(), "/v1/messages" | "/v1/messages/count_tokens") {
+        if req.method() == Method::POST && crate::layer::parse::endpoint(req.uri().path()).is_some()
+        {
             return Box::pin(self.relay.stack.clone().oneshot(req));
         }
         let relay = self.relay.clone();
         let (req, _body) = req.into_parts();
         Box::pin(async move {
             let local = match (&req.method, req.uri.path()) {
-                (&Method::GET, "/healthz") => Ok(json(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}"))),
-                (&Method::GET, "/readyz") => Ok(json(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ready\"}"))),
+                (&Method::GET, "/healthz") => Ok(json(
+                    StatusCode::OK,
+                    Bytes::from_static(b"{\"status\":\"ok\"}"),
+                )),
+                (&Method::GET, "/readyz") => Ok(json(
+                    StatusCode::OK,
+                    Bytes::from_static(b"{\"status\":\"ready\"}"),
+                )),
                 (&Method::GET, "/metrics") => {
                     let mut r = Response::new(full(relay.metrics.render()));
-                    r.headers_mut()
-                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; version=0.0.4"),
+                    );
                     Ok(r)
                 }
-                (&Method::GET, "/v1/models") => relay.models(&req).await,
+                (&Method::GET, "/v1/models" | "/v1beta/models") => relay.models(&req).await,
                 (&Method::GET, "/v1/usage") => relay.usage(&req).await,
                 (m, p) => Err(RelayError::not_found(format!("no route for {m} {p}"))),
             };

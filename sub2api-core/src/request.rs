@@ -22,18 +22,49 @@ impl RequestId {
     }
 }
 
-/// Which relay operation a request is.
+/// Which relay operation a request is. The endpoint decides the wire format of the body and of
+/// the response (and so the usage scanner); [`Endpoint::dialect`] is the family it belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Endpoint {
     /// `POST /v1/messages`: relayed and billed.
     Messages,
     /// `POST /v1/messages/count_tokens`: relayed, never billed.
     CountTokens,
+    /// `POST /v1/chat/completions`.
+    ChatCompletions,
+    /// `POST /v1/responses` (and `/backend-api/codex/responses`).
+    Responses,
+    /// `POST /v1beta/models/{model}:generateContent`.
+    GenerateContent,
+    /// `POST /v1beta/models/{model}:streamGenerateContent` (SSE with `alt=sse`).
+    StreamGenerateContent,
+    /// `POST /v1beta/models/{model}:countTokens`: relayed, never billed.
+    GeminiCountTokens,
 }
 
 impl Endpoint {
     pub fn billable(self) -> bool {
-        matches!(self, Endpoint::Messages)
+        !matches!(self, Endpoint::CountTokens | Endpoint::GeminiCountTokens)
+    }
+
+    pub fn dialect(self) -> Dialect {
+        match self {
+            Endpoint::Messages | Endpoint::CountTokens => Dialect::Anthropic,
+            Endpoint::ChatCompletions | Endpoint::Responses => Dialect::OpenAi,
+            Endpoint::GenerateContent
+            | Endpoint::StreamGenerateContent
+            | Endpoint::GeminiCountTokens => Dialect::Gemini,
+        }
+    }
+
+    /// The Gemini method name in the path (`models/{model}:{method}`).
+    pub fn gemini_method(self) -> Option<&'static str> {
+        match self {
+            Endpoint::GenerateContent => Some("generateContent"),
+            Endpoint::StreamGenerateContent => Some("streamGenerateContent"),
+            Endpoint::GeminiCountTokens => Some("countTokens"),
+            _ => None,
+        }
     }
 }
 
@@ -43,9 +74,15 @@ pub struct RelayRequest {
     pub request_id: RequestId,
     pub dialect: Dialect,
     pub endpoint: Endpoint,
+    /// The model the client asked for: what is priced, logged and echoed back in responses
+    /// (an account's model mapping changes only what goes upstream).
     pub model: String,
     pub stream: bool,
     pub session: Option<SessionKey>,
     pub estimate: CostEstimate,
+    /// Chat Completions streams: the client asked for the usage chunk
+    /// (`stream_options.include_usage`). The relay always asks upstream and removes the chunk
+    /// again when this is false. True for every other endpoint.
+    pub include_usage: bool,
     pub received_at: Instant,
 }

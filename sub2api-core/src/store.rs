@@ -7,10 +7,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::account_provider::AccountStatus;
 use crate::domain::{
-    Account, AccountId, AccountKind, ApiKey, Credentials, Group, GroupId, KeyHash, KeyId, KeyLimits, Platform,
+    Account, AccountId, AccountKind, AccountOptions, ApiKey, Credentials, Group, GroupId, KeyHash, KeyId, KeyLimits, Platform,
     Principal, User, UserId, UsageRecord,
 };
 use crate::money::Multiplier;
+use crate::oauth::PendingAuthorization;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -43,6 +44,8 @@ pub struct NewAccount {
     pub concurrency: u32,
     pub groups: Vec<String>,
     pub credentials: Credentials,
+    /// Model mapping and allowlist, proxy, vendor account ids.
+    pub options: AccountOptions,
 }
 
 /// A key as declared by an operator. `key` is the plaintext: only its hash is stored.
@@ -73,6 +76,22 @@ pub trait Directory: Send + Sync + 'static {
     /// Persists a cooldown or disablement so it survives restarts.
     async fn set_account_status(&self, id: AccountId, status: &AccountStatus) -> Result<(), StoreError>;
     async fn account_statuses(&self) -> Result<Vec<(AccountId, AccountStatus)>, StoreError>;
+    /// Replaces an account's credentials (an OAuth refresh rotated them). Everything else about
+    /// the account stays as it is.
+    async fn update_account_credentials(&self, id: AccountId, credentials: &Credentials) -> Result<(), StoreError> {
+        let _ = (id, credentials);
+        Err(StoreError::Invalid("this directory cannot update account credentials".into()))
+    }
+    /// Keeps an OAuth authorization that was started (its PKCE verifier) until it is exchanged.
+    async fn save_pending_authorization(&self, pending: &PendingAuthorization) -> Result<(), StoreError> {
+        let _ = pending;
+        Err(StoreError::Invalid("this directory cannot keep OAuth authorizations".into()))
+    }
+    /// Removes and returns a pending authorization by its `state` (`None`: the newest one).
+    async fn take_pending_authorization(&self, state: Option<&str>) -> Result<Option<PendingAuthorization>, StoreError> {
+        let _ = state;
+        Err(StoreError::Invalid("this directory cannot keep OAuth authorizations".into()))
+    }
 
     /// Returns the user with this email, creating it if missing; `created` tells which.
     async fn ensure_user(&self, email: &str) -> Result<(User, bool), StoreError>;
@@ -86,6 +105,12 @@ pub trait Directory: Send + Sync + 'static {
 
     /// The hot-path lookup: an enabled key of an enabled user, with its group.
     async fn principal(&self, key: &KeyHash) -> Result<Option<Principal>, StoreError>;
+
+    /// The key quota accounting of this directory, if it keeps one (see [`crate::api::quota`]).
+    /// A key with a quota is refused on a relay whose directory keeps none.
+    fn key_quotas(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn crate::api::quota::KeyQuotas>> {
+        None
+    }
 }
 
 /// Filters for reading the usage log back.

@@ -8,11 +8,13 @@
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use rand::RngCore;
-use sub2api_core::domain::{Credentials, Secret};
+use sub2api_core::domain::{Credentials, OAuthTokens, Secret};
 
 const NONCE_LEN: usize = 12;
 const TAG_API_KEY: u8 = 1;
 const TAG_BEARER: u8 = 2;
+/// OAuth tokens: the payload is JSON `{"a": access, "r": refresh, "e": expires_at_ms}`.
+const TAG_OAUTH: u8 = 3;
 
 /// The 32-byte key that encrypts upstream credentials. Its `Debug` never shows the key.
 #[derive(Clone, PartialEq, Eq)]
@@ -76,13 +78,24 @@ pub(crate) fn seal_credentials(
     account_name: &str,
     creds: &Credentials,
 ) -> Vec<u8> {
-    let (tag, secret) = match creds {
-        Credentials::ApiKey(s) => (TAG_API_KEY, s),
-        Credentials::Bearer(s) => (TAG_BEARER, s),
+    let (tag, payload) = match creds {
+        Credentials::ApiKey(s) => (TAG_API_KEY, s.expose().as_bytes().to_vec()),
+        Credentials::Bearer(s) => (TAG_BEARER, s.expose().as_bytes().to_vec()),
+        Credentials::OAuth(t) => (
+            TAG_OAUTH,
+            serde_json::to_vec(&serde_json::json!({
+                "a": t.access_token.expose(),
+                "r": t.refresh_token.expose(),
+                "e": t.expires_at_ms,
+            }))
+            .expect("JSON of strings"),
+        ),
     };
-    let mut plain = Vec::with_capacity(1 + secret.expose().len());
+    let mut payload = payload;
+    let mut plain = Vec::with_capacity(1 + payload.len());
     plain.push(tag);
-    plain.extend_from_slice(secret.expose().as_bytes());
+    plain.extend_from_slice(&payload);
+    payload.iter_mut().for_each(|b| *b = 0);
     let mut nonce = [0u8; NONCE_LEN];
     rand::rng().fill_bytes(&mut nonce);
     let ct = key
@@ -129,6 +142,20 @@ pub(crate) fn open_credentials(
             match tag {
                 TAG_API_KEY => Ok(Credentials::ApiKey(Secret::new(s))),
                 TAG_BEARER => Ok(Credentials::Bearer(Secret::new(s))),
+                TAG_OAUTH => {
+                    #[derive(serde::Deserialize)]
+                    struct T {
+                        a: String,
+                        r: String,
+                        e: Option<i64>,
+                    }
+                    let t: T = serde_json::from_str(s).map_err(|_| CryptoError::Malformed)?;
+                    Ok(Credentials::OAuth(OAuthTokens {
+                        access_token: Secret::new(t.a),
+                        refresh_token: Secret::new(t.r),
+                        expires_at_ms: t.e,
+                    }))
+                }
                 _ => Err(CryptoError::Malformed),
             }
         }
@@ -156,6 +183,12 @@ mod tests {
         );
         // Fresh nonce every time.
         assert_ne!(seal_credentials(&k, "a1", &c), blob);
+        let o = Credentials::OAuth(OAuthTokens {
+            access_token: Secret::new("acc"),
+            refresh_token: Secret::new("ref"),
+            expires_at_ms: Some(42),
+        });
+        assert_eq!(open_credentials(&k, "o", &seal_credentials(&k, "o", &o)).unwrap(), o);
         let b = Credentials::Bearer(Secret::new("tok"));
         assert_eq!(
             open_credentials(&k, "x", &seal_credentials(&k, "x", &b)).unwrap(),

@@ -123,6 +123,10 @@ impl SqlStore {
             concurrency: r.i64("concurrency")?.clamp(0, u32::MAX as i64) as u32,
             groups,
             enabled: r.bool("enabled")?,
+            options: match r.opt_text("options")? {
+                Some(json) if !json.is_empty() => serde_json::from_str(&json).map_err(|_| decode_err("options", &json))?,
+                _ => Default::default(),
+            },
         })
     }
 
@@ -249,6 +253,7 @@ impl Directory for SqlStore {
             StoreError::Invalid("no master key configured: credentials cannot be stored".into())
         })?;
         let sealed = seal_credentials(key, &account.name, &account.credentials);
+        let options_json = serde_json::to_string(&account.options).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let now = self.now_ms();
         let pool = &self.shared().pool;
         let result = in_tx!(pool, |tx| {
@@ -256,12 +261,13 @@ impl Directory for SqlStore {
                 .one(
                     Q::new(
                         "INSERT INTO accounts (name, platform, kind, base_url, priority, concurrency, enabled, credentials,
-                                               status, created_at, updated_at)
-                         VALUES ($1, $2, $3, $4, $5, $6, TRUE, $7, 'ready', $8, $8)
+                                               status, created_at, updated_at, options)
+                         VALUES ($1, $2, $3, $4, $5, $6, TRUE, $7, 'ready', $8, $8, $9)
                          ON CONFLICT (name) DO UPDATE
                          SET platform = excluded.platform, kind = excluded.kind, base_url = excluded.base_url,
                              priority = excluded.priority, concurrency = excluded.concurrency,
-                             credentials = excluded.credentials, updated_at = excluded.updated_at
+                             credentials = excluded.credentials, updated_at = excluded.updated_at,
+                             options = excluded.options
                          RETURNING id",
                     )
                     .bind(&account.name)
@@ -271,7 +277,8 @@ impl Directory for SqlStore {
                     .bind(i64::from(account.priority))
                     .bind(i64::from(account.concurrency))
                     .bind(sealed.clone())
-                    .bind(now),
+                    .bind(now)
+                    .bind(options_json.clone()),
                 )
                 .await?;
             let id = row.i64("id")?;
@@ -317,7 +324,7 @@ impl Directory for SqlStore {
         let pool = &self.shared().pool;
         let rows = pool
             .all(Q::new(
-                "SELECT id, name, platform, kind, base_url, priority, concurrency, enabled FROM accounts ORDER BY id",
+                "SELECT id, name, platform, kind, base_url, priority, concurrency, enabled, options FROM accounts ORDER BY id",
             ))
             .await
             .map_err(store_err)?;
@@ -359,6 +366,87 @@ impl Directory for SqlStore {
         let blob = row.bytes("credentials").map_err(store_err)?;
         open_credentials(key, &name, &blob)
             .map_err(|e| StoreError::Invalid(format!("account {id}: {e}")))
+    }
+
+    async fn update_account_credentials(
+        &self,
+        id: AccountId,
+        credentials: &Credentials,
+    ) -> Result<(), StoreError> {
+        let key = self.shared().master_key.as_ref().ok_or_else(|| {
+            StoreError::Invalid("no master key configured: credentials cannot be stored".into())
+        })?;
+        let pool = &self.shared().pool;
+        let row = pool
+            .opt(Q::new("SELECT name FROM accounts WHERE id = $1").bind(id.0))
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| StoreError::NotFound(format!("account {id}")))?;
+        let name = row.text("name").map_err(store_err)?;
+        let sealed = seal_credentials(key, &name, credentials);
+        pool.exec(
+            Q::new("UPDATE accounts SET credentials = $2, updated_at = $3 WHERE id = $1")
+                .bind(id.0)
+                .bind(sealed)
+                .bind(self.now_ms()),
+        )
+        .await
+        .map_err(store_err)?;
+        Ok(())
+    }
+
+    async fn save_pending_authorization(
+        &self,
+        pending: &sub2api_core::oauth::PendingAuthorization,
+    ) -> Result<(), StoreError> {
+        let data = serde_json::to_string(pending).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let pool = &self.shared().pool;
+        // Authorizations nobody completed are forgotten after a day.
+        pool.exec(Q::new("DELETE FROM oauth_pending WHERE created_at < $1").bind(self.now_ms() - 86_400_000))
+            .await
+            .map_err(store_err)?;
+        pool.exec(
+            Q::new(
+                "INSERT INTO oauth_pending (state, data, created_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (state) DO UPDATE SET data = excluded.data, created_at = excluded.created_at",
+            )
+            .bind(pending.state.clone())
+            .bind(data)
+            .bind(pending.created_at_ms),
+        )
+        .await
+        .map_err(store_err)?;
+        Ok(())
+    }
+
+    async fn take_pending_authorization(
+        &self,
+        state: Option<&str>,
+    ) -> Result<Option<sub2api_core::oauth::PendingAuthorization>, StoreError> {
+        let pool = &self.shared().pool;
+        let row = match state {
+            Some(st) => pool
+                .opt(Q::new("SELECT state, data FROM oauth_pending WHERE state = $1").bind(st.to_owned()))
+                .await,
+            None => pool
+                .opt(Q::new("SELECT state, data FROM oauth_pending ORDER BY created_at DESC LIMIT 1"))
+                .await,
+        }
+        .map_err(store_err)?;
+        let Some(row) = row else { return Ok(None) };
+        let st = row.text("state").map_err(store_err)?;
+        // Taken once: whoever deletes the row completes the authorization.
+        let n = pool
+            .exec(Q::new("DELETE FROM oauth_pending WHERE state = $1").bind(st))
+            .await
+            .map_err(store_err)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let data = row.text("data").map_err(store_err)?;
+        serde_json::from_str(&data)
+            .map(Some)
+            .map_err(|e| StoreError::Invalid(format!("stored OAuth authorization: {e}")))
     }
 
     async fn set_account_status(
@@ -560,10 +648,13 @@ impl Directory for SqlStore {
             .opt(
                 Q::new(
                     "SELECT k.id AS key_id, k.user_id, k.concurrency_limit, k.rpm_limit,
-                            g.id, g.name, g.platform, g.rate_multiplier_ppm
+                            k.quota, k.expires_at, k.ip_allowlist,
+                            g.id, g.name, g.platform,
+                            COALESCE(r.rate_multiplier_ppm, g.rate_multiplier_ppm) AS rate_multiplier_ppm
                      FROM api_keys k
                      JOIN users u ON u.id = k.user_id
                      JOIN groups g ON g.id = k.group_id
+                     LEFT JOIN group_user_rates r ON r.group_id = k.group_id AND r.user_id = k.user_id
                      WHERE k.key_hash = $1 AND k.enabled AND u.enabled",
                 )
                 .bind(key.0.to_vec()),
@@ -584,9 +675,16 @@ impl Directory for SqlStore {
                         .opt_i64("rpm_limit")?
                         .map(|v| v.clamp(0, u32::MAX as i64) as u32),
                 },
+                rules: crate::admin::key_rules_from_row(&r)?,
             })
         })()
         .map(Some)
         .map_err(store_err)
+    }
+
+    fn key_quotas(
+        self: Arc<Self>,
+    ) -> Option<Arc<dyn sub2api_core::api::quota::KeyQuotas>> {
+        Some(self)
     }
 }

@@ -26,6 +26,7 @@
 //! Migrations live in `migrations/sqlite` and `migrations/postgres` and are applied by
 //! [`SqlStore::connect_with`].
 
+pub mod admin;
 pub mod batch;
 pub mod clock;
 pub mod crypto;

@@ -27,6 +27,7 @@ fn account(name: &str, secret: &str, groups: &[&str]) -> NewAccount {
         concurrency: 4,
         groups: groups.iter().map(|g| g.to_string()).collect(),
         credentials: Credentials::ApiKey(Secret::new(secret)),
+        options: Default::default(),
     }
 }
 

@@ -105,6 +105,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         concurrency: 2,
         groups: vec![group.id],
         enabled: true,
+        options: Default::default(),
     };
     let accounts: Arc<dyn AccountProvider> = Arc::new(FixedAccounts(vec![(
         Arc::new(account),

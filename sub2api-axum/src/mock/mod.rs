@@ -1,4 +1,5 @@
-//! A mock Anthropic vendor for end-to-end tests, benchmarks and `sub2api demo`.
+//! A mock vendor (Anthropic, OpenAI, ChatGPT/Codex backend, Gemini, Code Assist, and their OAuth
+//! token endpoints) for end-to-end tests, benchmarks and `sub2api demo`.
 //!
 //! There is no internet here (DESIGN §8), so every relay test talks to this server instead of
 //! `api.anthropic.com`. It follows the Messages wire format (PROTOCOLS.md), reports usage by a
@@ -6,7 +7,12 @@
 //! the `x-mock-fault` header) and records everything it saw ([`MockState`]).
 //!
 //! Routes: `POST /v1/messages` (any query, e.g. `?beta=true`; stream and non-stream),
-//! `POST /v1/messages/count_tokens`, `GET /v1/models`; anything else is a recorded 404.
+//! `POST /v1/messages/count_tokens`, `GET /v1/models`; OpenAI `POST /v1/chat/completions` and
+//! `POST /v1/responses`, Codex `POST /backend-api/codex/responses` ([`openai`]); Gemini
+//! `POST /v1beta/models/{model}:{method}` (and `/v1/models/...`) and Code Assist
+//! `POST /v1internal:{method}` ([`gemini`]); token endpoints `POST /v1/oauth/token`,
+//! `/oauth/token`, `/token` ([`OAuthMock`]). The same fault knobs apply to every model route, each
+//! answered in its vendor's shapes ([`dialect`]). Anything else is a recorded 404.
 //! A credential (`x-api-key` or `Authorization: Bearer`) is required; `anthropic-version` is only
 //! recorded, so a test can assert the relay added it.
 //!
@@ -36,8 +42,12 @@
 //! ```
 
 mod body;
+mod dialect;
+mod gemini;
 mod knobs;
 mod messages;
+mod oauth;
+mod openai;
 mod sse;
 mod state;
 pub mod usage;
@@ -59,6 +69,7 @@ pub use knobs::{DEFAULT_REPLY_WORDS, Fault, Knob, Scope, rfc3339};
 pub use messages::{FAULT_HEADER, MODELS, api_key};
 pub use sse::pieces as reply_pieces;
 pub use state::{KeyStats, MockState, Outcome, RecordedRequest};
+pub use oauth::{MOCK_CHATGPT_ACCOUNT_ID, OAuthMock};
 pub use usage::{CacheCreation, ServerToolUse, Usage};
 
 /// Anthropic accepts request bodies up to 32 MB; the mock must not refuse what the relay passes.
@@ -69,13 +80,32 @@ const STANDALONE_RECORDS: usize = 1000;
 
 /// The mock's routes over `state`, for callers that serve it themselves.
 pub fn router(state: MockState) -> Router {
+    router_with(state, OAuthMock::default())
+}
+
+/// [`router`] with the token endpoints' state (see [`OAuthMock`]).
+pub fn router_with(state: MockState, oauth: OAuthMock) -> Router {
+    let tokens = Router::new()
+        .route("/v1/oauth/token", post(oauth::token))
+        .route("/oauth/token", post(oauth::token))
+        .route("/token", post(oauth::token))
+        .with_state((state.clone(), oauth));
     Router::new()
         .route("/v1/messages", post(messages::messages))
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/models", get(messages::models))
+        .route("/v1/chat/completions", post(openai::chat))
+        .route("/v1/responses", post(openai::responses))
+        .route("/backend-api/codex/responses", post(openai::codex))
+        .route("/v1beta/models/{model}", post(gemini::models))
+        .route("/v1/models/{model}", post(gemini::models))
+        .route("/v1internal:generateContent", post(gemini::code_assist))
+        .route("/v1internal:streamGenerateContent", post(gemini::code_assist))
+        .route("/v1internal:countTokens", post(gemini::code_assist))
         .fallback(messages::not_found)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
+        .merge(tokens)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
 }
 
 /// A running mock vendor on its own port. Derefs to its [`MockState`] for knobs and records.
@@ -85,6 +115,7 @@ pub fn router(state: MockState) -> Router {
 pub struct MockVendor {
     addr: SocketAddr,
     state: MockState,
+    oauth: OAuthMock,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -110,7 +141,8 @@ impl MockVendor {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let app = router(state.clone());
+        let oauth = OAuthMock::default();
+        let app = router_with(state.clone(), oauth.clone());
         let task = tokio::spawn(async move {
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
@@ -124,6 +156,7 @@ impl MockVendor {
         Ok(MockVendor {
             addr,
             state,
+            oauth,
             stop: Some(stop),
             task: Some(task),
         })
@@ -142,6 +175,11 @@ impl MockVendor {
     /// The knobs and records; clone it to keep it past the server.
     pub fn state(&self) -> &MockState {
         &self.state
+    }
+
+    /// The token endpoints' state: grant refresh tokens, count refreshes.
+    pub fn oauth(&self) -> &OAuthMock {
+        &self.oauth
     }
 
     /// Stops accepting, opens every gate, and waits until open responses have finished.

@@ -7,9 +7,9 @@ mod principal;
 mod secret;
 mod usage;
 
-pub use account::{Account, AccountKind, Credentials, Platform};
+pub use account::{Account, AccountKind, AccountOptions, Credentials, OAuthTokens, Platform, ProxyUrl, pattern_matches};
 pub use group::Group;
-pub use principal::{ApiKey, KeyHash, KeyLimits, Principal, User};
+pub use principal::{ApiKey, IpNet, KeyHash, KeyLimits, KeyRules, Principal, User};
 pub use secret::Secret;
 pub use usage::{Usage, UsageRecord};
 

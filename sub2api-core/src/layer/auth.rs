@@ -21,13 +21,25 @@ use futures_util::future::BoxFuture;
 use http::{HeaderMap, Request, Response};
 use tower::{Layer, Service};
 
+use crate::api::quota::KeyQuotas;
 use crate::domain::{KeyHash, Principal};
 use crate::error::RelayError;
 use crate::store::Directory;
 
+/// The client's address as the HTTP server saw it. Adapters insert it into the request
+/// extensions (axum: from `ConnectInfo`, actix: `peer_addr`); keys with an IP allowlist are
+/// refused when it is missing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
+/// Handed to the reserve layer (in the request extensions) for keys with a quota.
+#[derive(Clone)]
+pub struct QuotaAccess(pub Arc<dyn KeyQuotas>);
+
 /// Cached key lookups over a [`Directory`].
 pub struct KeyCache {
     directory: Arc<dyn Directory>,
+    quotas: Option<Arc<dyn KeyQuotas>>,
     entries: Mutex<HashMap<KeyHash, (Option<Principal>, Instant)>>,
     ttl: Duration,
     negative_ttl: Duration,
@@ -36,6 +48,7 @@ pub struct KeyCache {
 impl KeyCache {
     pub fn new(directory: Arc<dyn Directory>) -> Self {
         KeyCache {
+            quotas: directory.clone().key_quotas(),
             directory,
             entries: Mutex::new(HashMap::new()),
             ttl: Duration::from_secs(30),
@@ -48,7 +61,34 @@ impl KeyCache {
         self
     }
 
+    /// The principal of a key that works now (an expired key finds nothing).
     pub async fn lookup(&self, key: &str) -> Result<Option<Principal>, RelayError> {
+        let now = crate::account_provider::now_ms();
+        Ok(self.lookup_any(key).await?.filter(|p| !p.rules.is_expired(now)))
+    }
+
+    /// Resolves a key for a request from `client`: refuses unknown, disabled and expired keys
+    /// (401) and clients outside the key's IP allowlist (403).
+    pub async fn authorize(&self, key: &str, client: Option<std::net::IpAddr>) -> Result<Principal, RelayError> {
+        let principal = self.lookup_any(key).await?.ok_or_else(|| RelayError::authentication("invalid API key"))?;
+        if principal.rules.is_expired(crate::account_provider::now_ms()) {
+            return Err(RelayError::authentication("this API key has expired"));
+        }
+        if !principal.rules.allows_ip(client) {
+            return Err(RelayError::new(
+                crate::dialect::ErrorClass::Permission,
+                "this API key may not be used from this address",
+            ));
+        }
+        Ok(principal)
+    }
+
+    /// The key quota accounting of the directory, if it keeps one.
+    pub fn quotas(&self) -> Option<&Arc<dyn KeyQuotas>> {
+        self.quotas.as_ref()
+    }
+
+    async fn lookup_any(&self, key: &str) -> Result<Option<Principal>, RelayError> {
         let hash = KeyHash::of(key);
         let now = Instant::now();
         if let Some((p, exp)) = self.entries.lock().unwrap().get(&hash)
@@ -144,10 +184,14 @@ where
             let key = extract_key(req.headers(), req.uri().query(), gemini)
                 .ok_or_else(|| RelayError::authentication("missing API key: send it as x-api-key or Authorization: Bearer"))?
                 .to_owned();
-            let principal = cache
-                .lookup(&key)
-                .await?
-                .ok_or_else(|| RelayError::authentication("invalid API key"))?;
+            let client = req.extensions().get::<ClientAddr>().map(|c| c.0.ip());
+            let principal = cache.authorize(&key, client).await?;
+            if principal.rules.quota.is_some() {
+                let quotas = cache.quotas().cloned().ok_or_else(|| {
+                    RelayError::internal("this key has a quota, but the relay's directory keeps no key quotas")
+                })?;
+                req.extensions_mut().insert(QuotaAccess(quotas));
+            }
             req.extensions_mut().insert(principal);
             inner.call(req).await
         })

@@ -153,16 +153,56 @@ where
                 PricingError::UnknownModel(m) => RelayError::invalid(format!("model `{m}` is not available on this relay")),
                 other => RelayError::internal(other.to_string()),
             })?;
+            // A key with a quota holds the same amount of its quota first (exact, like the
+            // wallet); a refusal on either side leaves nothing held.
+            let request_id = ctx.request_id.as_str().to_owned();
+            let quota_hold = match principal.rules.quota {
+                Some(quota) => {
+                    let Some(access) = req.extensions().get::<crate::layer::auth::QuotaAccess>().cloned() else {
+                        return Err(RelayError::internal("this key has a quota, but no key quota accounting is configured"));
+                    };
+                    match access.0.hold_quota(principal.key, &request_id, amount, quota).await {
+                        Ok(crate::api::quota::QuotaHold::Held) => Some(access),
+                        Ok(crate::api::quota::QuotaHold::Exhausted { remaining }) => {
+                            return Err(RelayError::new(
+                                crate::dialect::ErrorClass::RateLimited,
+                                format!(
+                                    "this API key's quota is used up: {remaining} USD of {quota} USD left, this request may cost up to {amount} USD"
+                                ),
+                            ));
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "key quota hold failed");
+                            return Err(RelayError::overloaded(
+                                "billing temporarily unavailable",
+                                Some(std::time::Duration::from_secs(1)),
+                            ));
+                        }
+                    }
+                }
+                None => None,
+            };
             let hold = ledger
                 .reserve(HoldRequest {
-                    request_id: ctx.request_id.as_str().to_owned(),
+                    request_id: request_id.clone(),
                     user_id: principal.user,
                     group_id: principal.group.id,
                     amount,
                 })
-                .await
-                .map_err(refusal)?;
-            req.extensions_mut().insert(Arc::new(HoldCell::new(hold, ledger, tracker)));
+                .await;
+            let hold = match hold {
+                Ok(h) => h,
+                Err(e) => {
+                    if let Some(access) = quota_hold
+                        && let Err(e) = access.0.release_quota(&request_id).await
+                    {
+                        tracing::error!(error = %e, "could not release a key quota hold");
+                    }
+                    return Err(refusal(e));
+                }
+            };
+            let cell = Arc::new(HoldCell::new(hold, ledger, tracker));
+            req.extensions_mut().insert(cell);
             inner.call(req).await
         })
     }

@@ -10,19 +10,23 @@ use crate::domain::{
 use crate::store::{Directory, NewAccount, NewGroup, NewKey, StoreError};
 
 #[derive(Default)]
-struct State {
-    groups: Vec<Group>,
-    accounts: Vec<(Account, Credentials)>,
-    statuses: HashMap<AccountId, AccountStatus>,
-    users: Vec<User>,
-    keys: HashMap<KeyHash, ApiKey>,
+pub(crate) struct State {
+    pub(crate) groups: Vec<Group>,
+    pub(crate) accounts: Vec<(Account, Credentials)>,
+    pub(crate) statuses: HashMap<AccountId, AccountStatus>,
+    pub(crate) users: Vec<User>,
+    pub(crate) keys: HashMap<KeyHash, ApiKey>,
+    /// OAuth authorizations started and not yet exchanged.
+    pub(crate) pending_oauth: Vec<crate::oauth::PendingAuthorization>,
+    /// What the admin and user API keeps beyond the relay's directory (`crate::api::memory`).
+    pub(crate) api: crate::api::memory::ApiState,
 }
 
 /// A [`Directory`] held in memory: for tests, examples and services that configure the relay in
 /// code.
 #[derive(Default)]
 pub struct MemoryDirectory {
-    state: Mutex<State>,
+    pub(crate) state: Mutex<State>,
 }
 
 impl MemoryDirectory {
@@ -45,7 +49,7 @@ impl Directory for MemoryDirectory {
             return Ok(existing.clone());
         }
         let group = Group {
-            id: GroupId(next_id(s.groups.len())),
+            id: GroupId(s.groups.iter().map(|g| g.id.0).max().unwrap_or(0) + 1),
             name: g.name,
             platform: g.platform,
             rate_multiplier: g.rate_multiplier,
@@ -75,7 +79,7 @@ impl Directory for MemoryDirectory {
         }
         let id = match s.accounts.iter().position(|(x, _)| x.name == a.name) {
             Some(i) => s.accounts[i].0.id,
-            None => AccountId(next_id(s.accounts.len())),
+            None => AccountId(s.accounts.iter().map(|(a, _)| a.id.0).max().unwrap_or(0) + 1),
         };
         let account = Account {
             id,
@@ -87,6 +91,7 @@ impl Directory for MemoryDirectory {
             concurrency: a.concurrency,
             groups,
             enabled: true,
+            options: a.options,
         };
         match s.accounts.iter_mut().find(|(x, _)| x.id == id) {
             Some(slot) => *slot = (account.clone(), a.credentials),
@@ -111,6 +116,32 @@ impl Directory for MemoryDirectory {
     async fn set_account_status(&self, id: AccountId, status: &AccountStatus) -> Result<(), StoreError> {
         self.state.lock().unwrap().statuses.insert(id, status.clone());
         Ok(())
+    }
+
+    async fn update_account_credentials(&self, id: AccountId, credentials: &Credentials) -> Result<(), StoreError> {
+        let mut s = self.state.lock().unwrap();
+        let slot = s.accounts.iter_mut().find(|(a, _)| a.id == id).ok_or_else(|| StoreError::NotFound(format!("account {id}")))?;
+        slot.1 = credentials.clone();
+        Ok(())
+    }
+
+    async fn save_pending_authorization(&self, pending: &crate::oauth::PendingAuthorization) -> Result<(), StoreError> {
+        let mut s = self.state.lock().unwrap();
+        s.pending_oauth.retain(|p| p.state != pending.state);
+        s.pending_oauth.push(pending.clone());
+        Ok(())
+    }
+
+    async fn take_pending_authorization(
+        &self,
+        state: Option<&str>,
+    ) -> Result<Option<crate::oauth::PendingAuthorization>, StoreError> {
+        let mut s = self.state.lock().unwrap();
+        let i = match state {
+            Some(st) => s.pending_oauth.iter().position(|p| p.state == st),
+            None => s.pending_oauth.iter().enumerate().max_by_key(|(_, p)| p.created_at_ms).map(|(i, _)| i),
+        };
+        Ok(i.map(|i| s.pending_oauth.remove(i)))
     }
 
     async fn account_statuses(&self) -> Result<Vec<(AccountId, AccountStatus)>, StoreError> {
@@ -175,6 +206,11 @@ impl Directory for MemoryDirectory {
             return Ok(None);
         }
         let Some(group) = s.groups.iter().find(|g| g.id == k.group_id) else { return Ok(None) };
-        Ok(Some(Principal { user: k.user_id, key: k.id, group: Arc::new(group.clone()), limits: k.limits.clone() }))
+        let (group, rules) = s.api.principal_parts(group, k);
+        Ok(Some(Principal { user: k.user_id, key: k.id, group: Arc::new(group), limits: k.limits.clone(), rules }))
+    }
+
+    fn key_quotas(self: Arc<Self>) -> Option<Arc<dyn crate::api::quota::KeyQuotas>> {
+        Some(self)
     }
 }

@@ -91,20 +91,33 @@ impl MemoryScheduler {
     pub fn with_config(accounts: Arc<dyn AccountProvider>, config: SchedulerConfig) -> Self {
         MemoryScheduler {
             accounts,
-            inner: Arc::new(Inner { state: Mutex::new(State::default()), released: Notify::new() }),
+            inner: Arc::new(Inner {
+                state: Mutex::new(State::default()),
+                released: Notify::new(),
+            }),
             config,
         }
     }
 
     /// Slots in use per account (for metrics and tests).
     pub fn in_use(&self, account: AccountId) -> u32 {
-        self.inner.state.lock().unwrap().load.get(&account).map(|l| l.in_use).unwrap_or(0)
+        self.inner
+            .state
+            .lock()
+            .unwrap()
+            .load
+            .get(&account)
+            .map(|l| l.in_use)
+            .unwrap_or(0)
     }
 
     /// The account a session is bound to, if the binding is live.
     pub fn sticky_account(&self, session: &SessionKey) -> Option<AccountId> {
         let s = self.inner.state.lock().unwrap();
-        s.sticky.get(session).filter(|(_, exp)| *exp > Instant::now()).map(|(a, _)| *a)
+        s.sticky
+            .get(session)
+            .filter(|(_, exp)| *exp > Instant::now())
+            .map(|(a, _)| *a)
     }
 
     fn try_acquire(&self, state: &mut State, account: &Arc<Account>) -> Option<MemorySlot> {
@@ -114,13 +127,18 @@ impl MemoryScheduler {
         }
         load.in_use += 1;
         load.last_used = Some(Instant::now());
-        Some(MemorySlot { inner: self.inner.clone(), account: account.id })
+        Some(MemorySlot {
+            inner: self.inner.clone(),
+            account: account.id,
+        })
     }
 
     fn bind(&self, state: &mut State, session: Option<&SessionKey>, account: AccountId) {
         let Some(session) = session else { return };
         let now = Instant::now();
-        state.sticky.insert(session.clone(), (account, now + self.config.sticky_ttl));
+        state
+            .sticky
+            .insert(session.clone(), (account, now + self.config.sticky_ttl));
         state.inserts_since_prune += 1;
         if state.inserts_since_prune >= 1024 {
             state.inserts_since_prune = 0;
@@ -134,7 +152,10 @@ impl MemoryScheduler {
         let mut soonest: Option<i64> = None;
         let mut candidates: Vec<&Arc<Account>> = Vec::with_capacity(pool.len());
         for a in pool.iter() {
-            if req.excluded.contains(&a.id) || a.platform != req.group.platform {
+            if req.excluded.contains(&a.id)
+                || a.platform != req.group.platform
+                || !a.serves_model(req.model)
+            {
                 continue;
             }
             match self.accounts.status(a.id) {
@@ -150,7 +171,9 @@ impl MemoryScheduler {
         }
         let mut state = self.inner.state.lock().unwrap();
         if let Some(id) = sticky_only {
-            let Some(a) = candidates.iter().find(|a| a.id == id) else { return Attempt::Busy };
+            let Some(a) = candidates.iter().find(|a| a.id == id) else {
+                return Attempt::Busy;
+            };
             return match self.try_acquire(&mut state, a) {
                 Some(slot) => {
                     self.bind(&mut state, req.session, a.id);
@@ -168,7 +191,13 @@ impl MemoryScheduler {
                 let l = state.load.get(&a.id);
                 let in_use = l.map(|l| l.in_use).unwrap_or(0) as u64;
                 let ratio = in_use * 1_000_000 / a.concurrency.max(1) as u64;
-                (a.priority, ratio, l.and_then(|l| l.last_used), rng.random::<u32>(), *a)
+                (
+                    a.priority,
+                    ratio,
+                    l.and_then(|l| l.last_used),
+                    rng.random::<u32>(),
+                    *a,
+                )
             })
             .collect();
         ranked.sort_by(|x, y| (x.0, x.1, x.2, x.3).cmp(&(y.0, y.1, y.2, y.3)));
@@ -183,7 +212,12 @@ impl MemoryScheduler {
 
     /// Waits until `deadline` for `attempt` to lease. Registers for the release signal before
     /// each try, so a slot freed between the try and the wait is never missed.
-    async fn wait_for(&self, req: &SelectRequest<'_>, sticky: Option<AccountId>, deadline: Instant) -> Attempt {
+    async fn wait_for(
+        &self,
+        req: &SelectRequest<'_>,
+        sticky: Option<AccountId>,
+        deadline: Instant,
+    ) -> Attempt {
         loop {
             let notified = self.inner.released.notified();
             tokio::pin!(notified);
@@ -192,7 +226,10 @@ impl MemoryScheduler {
                 Attempt::Busy => {}
                 other => return other,
             }
-            if tokio::time::timeout_at(deadline.into(), notified).await.is_err() {
+            if tokio::time::timeout_at(deadline.into(), notified)
+                .await
+                .is_err()
+            {
                 return Attempt::Busy;
             }
         }
@@ -203,7 +240,9 @@ impl MemoryScheduler {
 impl Scheduler for MemoryScheduler {
     async fn select(&self, req: SelectRequest<'_>) -> Result<Lease, ScheduleError> {
         if let Some(session) = req.session {
-            let bound = self.sticky_account(session).filter(|a| !req.excluded.contains(a));
+            let bound = self
+                .sticky_account(session)
+                .filter(|a| !req.excluded.contains(a));
             if let Some(account) = bound {
                 let deadline = Instant::now() + self.config.sticky_wait;
                 if let Attempt::Leased(lease) = self.wait_for(&req, Some(account), deadline).await {
@@ -215,7 +254,9 @@ impl Scheduler for MemoryScheduler {
         match self.wait_for(&req, None, deadline).await {
             Attempt::Leased(lease) => Ok(lease),
             Attempt::Empty(retry_after) => Err(ScheduleError::NoAccount { retry_after }),
-            Attempt::Busy => Err(ScheduleError::Busy { retry_after: Duration::from_secs(1) }),
+            Attempt::Busy => Err(ScheduleError::Busy {
+                retry_after: Duration::from_secs(1),
+            }),
         }
     }
 }
@@ -240,36 +281,63 @@ mod tests {
                 concurrency,
                 groups: vec![GroupId(1)],
                 enabled: true,
+                options: Default::default(),
             },
             Credentials::ApiKey(Secret::new("k")),
         )
     }
 
     fn group() -> Group {
-        Group { id: GroupId(1), name: "g".into(), platform: Platform::Anthropic, rate_multiplier: Multiplier::ONE }
+        Group {
+            id: GroupId(1),
+            name: "g".into(),
+            platform: Platform::Anthropic,
+            rate_multiplier: Multiplier::ONE,
+        }
     }
 
-    fn req<'a>(g: &'a Group, session: Option<&'a SessionKey>, excluded: &'a [AccountId]) -> SelectRequest<'a> {
-        SelectRequest { group: g, model: "claude-sonnet-4-5", session, excluded }
+    fn req<'a>(
+        g: &'a Group,
+        session: Option<&'a SessionKey>,
+        excluded: &'a [AccountId],
+    ) -> SelectRequest<'a> {
+        SelectRequest {
+            group: g,
+            model: "claude-sonnet-4-5",
+            session,
+            excluded,
+        }
     }
 
     #[tokio::test]
     async fn prefers_priority_then_load() {
-        let p = Arc::new(MemoryAccountProvider::new(vec![account(1, 10, 2), account(2, 20, 2)]));
+        let p = Arc::new(MemoryAccountProvider::new(vec![
+            account(1, 10, 2),
+            account(2, 20, 2),
+        ]));
         let s = MemoryScheduler::new(p);
         let g = group();
         let a = s.select(req(&g, None, &[])).await.unwrap();
         let b = s.select(req(&g, None, &[])).await.unwrap();
         let c = s.select(req(&g, None, &[])).await.unwrap();
-        assert_eq!((a.account.id, b.account.id, c.account.id), (AccountId(1), AccountId(1), AccountId(2)));
+        assert_eq!(
+            (a.account.id, b.account.id, c.account.id),
+            (AccountId(1), AccountId(1), AccountId(2))
+        );
     }
 
     #[tokio::test]
     async fn sessions_stick_and_busy_requests_wait() {
-        let p = Arc::new(MemoryAccountProvider::new(vec![account(1, 10, 1), account(2, 10, 1)]));
+        let p = Arc::new(MemoryAccountProvider::new(vec![
+            account(1, 10, 1),
+            account(2, 10, 1),
+        ]));
         let s = MemoryScheduler::with_config(
             p,
-            SchedulerConfig { sticky_wait: Duration::from_millis(50), ..Default::default() },
+            SchedulerConfig {
+                sticky_wait: Duration::from_millis(50),
+                ..Default::default()
+            },
         );
         let g = group();
         let sess = SessionKey("k:s1".into());
@@ -277,14 +345,22 @@ mod tests {
         let bound = first.account.id;
         drop(first);
         for _ in 0..5 {
-            assert_eq!(s.select(req(&g, Some(&sess), &[])).await.unwrap().account.id, bound);
+            assert_eq!(
+                s.select(req(&g, Some(&sess), &[]))
+                    .await
+                    .unwrap()
+                    .account
+                    .id,
+                bound
+            );
         }
         // Pool full: a third request waits and gets the first slot released.
         let x = s.select(req(&g, None, &[])).await.unwrap();
         let y = s.select(req(&g, None, &[])).await.unwrap();
         let s2 = s.clone();
         let g2 = g.clone();
-        let waiter = tokio::spawn(async move { s2.select(req(&g2, None, &[])).await.map(|l| l.account.id) });
+        let waiter =
+            tokio::spawn(async move { s2.select(req(&g2, None, &[])).await.map(|l| l.account.id) });
         tokio::task::yield_now().await;
         let freed = x.account.id;
         drop(x);
@@ -298,9 +374,17 @@ mod tests {
         let s = MemoryScheduler::new(p.clone());
         let g = group();
         let (a, _) = account(1, 10, 1);
-        p.report(&a, Outcome::RateLimited { until_ms: now_ms() + 30_000 }).await;
+        p.report(
+            &a,
+            Outcome::RateLimited {
+                until_ms: now_ms() + 30_000,
+            },
+        )
+        .await;
         match s.select(req(&g, None, &[])).await {
-            Err(ScheduleError::NoAccount { retry_after: Some(d) }) => assert!(d > Duration::from_secs(25)),
+            Err(ScheduleError::NoAccount {
+                retry_after: Some(d),
+            }) => assert!(d > Duration::from_secs(25)),
             other => panic!("{other:?}"),
         }
     }

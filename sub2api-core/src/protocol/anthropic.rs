@@ -4,10 +4,9 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use sha2::{Digest, Sha256};
 
 use crate::error::RelayError;
-use crate::meter::{CacheTtl, CostEstimate};
+use crate::meter::CacheTtl;
 use crate::request::Endpoint;
 
 /// The default `anthropic-version`, added when a client leaves it out.
@@ -35,29 +34,10 @@ pub const FORWARDED_HEADERS: &[&str] = &[
 ];
 
 /// Upstream response headers a client may see.
-pub const RETURNED_HEADERS: &[&str] = &["content-type", "request-id", "retry-after", "cache-control"];
+pub const RETURNED_HEADERS: &[&str] =
+    &["content-type", "request-id", "retry-after", "cache-control"];
 
-/// What parsing a Messages (or count_tokens) body yields.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ParsedBody {
-    pub model: String,
-    pub stream: bool,
-    pub max_tokens: u64,
-    /// The conversation's own session id or a hash of its stable prefix (not yet namespaced).
-    pub session: Option<String>,
-    pub cache_ttl: Option<CacheTtl>,
-}
-
-impl ParsedBody {
-    pub fn estimate(&self, body_bytes: usize) -> CostEstimate {
-        CostEstimate {
-            model: self.model.clone(),
-            body_bytes: body_bytes as u64,
-            cache_ttl: self.cache_ttl,
-            max_output_tokens: self.max_tokens,
-        }
-    }
-}
+pub use super::ParsedBody;
 
 #[derive(Deserialize)]
 struct Body<'a> {
@@ -84,7 +64,9 @@ pub const MAX_TOKENS_LIMIT: u64 = 1_000_000;
 /// of the (possibly large) conversation.
 pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<ParsedBody, RelayError> {
     if body.is_empty() {
-        return Err(RelayError::invalid("request body is empty; expected a JSON object"));
+        return Err(RelayError::invalid(
+            "request body is empty; expected a JSON object",
+        ));
     }
     let b: Body<'_> = serde_json::from_slice(body).map_err(|e| {
         if e.is_data() {
@@ -98,20 +80,32 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<ParsedBody, RelayError> 
         Some(_) => return Err(RelayError::invalid("model: must be a non-empty string")),
         None => return Err(RelayError::invalid("model: field required")),
     };
-    let messages = b.messages.ok_or_else(|| RelayError::invalid("messages: field required"))?;
+    let messages = b
+        .messages
+        .ok_or_else(|| RelayError::invalid("messages: field required"))?;
     let messages: Vec<&RawValue> = serde_json::from_str(messages.get())
         .map_err(|_| RelayError::invalid("messages: must be an array"))?;
     if messages.is_empty() && endpoint == Endpoint::Messages {
-        return Err(RelayError::invalid("messages: at least one message is required"));
+        return Err(RelayError::invalid(
+            "messages: at least one message is required",
+        ));
     }
     let max_tokens = match (endpoint, b.max_tokens) {
         (_, Some(serde_json::Value::Number(n))) => match n.as_u64() {
             Some(v) if v >= 1 && v <= MAX_TOKENS_LIMIT => v,
-            _ => return Err(RelayError::invalid(format!("max_tokens: must be an integer between 1 and {MAX_TOKENS_LIMIT}"))),
+            _ => {
+                return Err(RelayError::invalid(format!(
+                    "max_tokens: must be an integer between 1 and {MAX_TOKENS_LIMIT}"
+                )));
+            }
         },
-        (Endpoint::Messages, Some(_)) => return Err(RelayError::invalid("max_tokens: must be an integer")),
-        (Endpoint::Messages, None) => return Err(RelayError::invalid("max_tokens: field required")),
-        (Endpoint::CountTokens, _) => 0,
+        (Endpoint::Messages, Some(_)) => {
+            return Err(RelayError::invalid("max_tokens: must be an integer"));
+        }
+        (Endpoint::Messages, None) => {
+            return Err(RelayError::invalid("max_tokens: field required"));
+        }
+        (_, _) => 0,
     };
     let stream = match b.stream {
         None | Some(serde_json::Value::Null) => false,
@@ -122,9 +116,25 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<ParsedBody, RelayError> 
         .metadata
         .and_then(|m| m.user_id)
         .and_then(|u| u.as_str().and_then(session_from_user_id))
-        .or_else(|| prefix_hash(b.system, messages.first().copied()));
-    let cache_ttl = if memfind(body, b"\"cache_control\"") { longest_cache_ttl(body) } else { None };
-    Ok(ParsedBody { model, stream: stream && endpoint == Endpoint::Messages, max_tokens, session, cache_ttl })
+        .or_else(|| {
+            super::prefix_hash(
+                b.system.map(RawValue::get),
+                messages.first().map(|m| m.get()),
+            )
+        });
+    let cache_ttl = if memfind(body, b"\"cache_control\"") {
+        longest_cache_ttl(body)
+    } else {
+        None
+    };
+    Ok(ParsedBody {
+        model,
+        stream: stream && endpoint == Endpoint::Messages,
+        max_tokens: Some(max_tokens),
+        session,
+        cache_ttl,
+        include_usage: true,
+    })
 }
 
 /// Claude Code's session id from `metadata.user_id`: the legacy
@@ -137,27 +147,13 @@ pub fn session_from_user_id(user_id: &str) -> Option<String> {
         struct J {
             session_id: Option<String>,
         }
-        return serde_json::from_str::<J>(s).ok()?.session_id.filter(|x| !x.is_empty());
+        return serde_json::from_str::<J>(s)
+            .ok()?
+            .session_id
+            .filter(|x| !x.is_empty());
     }
     let (_, session) = s.rsplit_once("_session_")?;
     (!session.is_empty()).then(|| session.to_owned())
-}
-
-/// A stable key for clients that send no session id: the system prompt and first message are
-/// the same on every turn of a conversation, so they keep it on one account (and its cache).
-fn prefix_hash(system: Option<&RawValue>, first: Option<&RawValue>) -> Option<String> {
-    if system.is_none() && first.is_none() {
-        return None;
-    }
-    let mut h = Sha256::new();
-    if let Some(s) = system {
-        h.update(s.get().as_bytes());
-    }
-    h.update([0]);
-    if let Some(f) = first {
-        h.update(f.get().as_bytes());
-    }
-    Some(format!("h{}", &hex::encode(h.finalize())[..32]))
 }
 
 fn memfind(hay: &[u8], needle: &[u8]) -> bool {
@@ -196,8 +192,10 @@ pub fn upstream_headers(client: &HeaderMap) -> HeaderMap {
             out.insert(HeaderName::from_static(name), v.clone());
         }
     }
-    out.entry("anthropic-version").or_insert(HeaderValue::from_static(DEFAULT_VERSION));
-    out.entry(http::header::CONTENT_TYPE).or_insert(HeaderValue::from_static("application/json"));
+    out.entry("anthropic-version")
+        .or_insert(HeaderValue::from_static(DEFAULT_VERSION));
+    out.entry(http::header::CONTENT_TYPE)
+        .or_insert(HeaderValue::from_static("application/json"));
     out
 }
 
@@ -229,8 +227,14 @@ mod tests {
 
     #[test]
     fn sessions_from_both_user_id_forms() {
-        let legacy = format!("user_{}_account__session_7f0e9c1a-1111-2222-3333-444455556666", "a".repeat(64));
-        assert_eq!(session_from_user_id(&legacy).as_deref(), Some("7f0e9c1a-1111-2222-3333-444455556666"));
+        let legacy = format!(
+            "user_{}_account__session_7f0e9c1a-1111-2222-3333-444455556666",
+            "a".repeat(64)
+        );
+        assert_eq!(
+            session_from_user_id(&legacy).as_deref(),
+            Some("7f0e9c1a-1111-2222-3333-444455556666")
+        );
         let json = r#"{"device_id":"d1","account_uuid":"acc","session_id":"s-42"}"#;
         assert_eq!(session_from_user_id(json).as_deref(), Some("s-42"));
         assert_eq!(session_from_user_id("plain"), None);
@@ -244,7 +248,7 @@ mod tests {
         let p = parse(Endpoint::Messages, body).unwrap();
         assert_eq!(p.model, "claude-sonnet-4-5");
         assert!(p.stream);
-        assert_eq!(p.max_tokens, 100);
+        assert_eq!(p.max_tokens, Some(100));
         assert_eq!(p.cache_ttl, Some(CacheTtl::OneHour));
         assert!(p.session.unwrap().starts_with('h'));
     }
@@ -255,11 +259,26 @@ mod tests {
             (b"", "empty"),
             (b"{not json", "malformed JSON"),
             (b"[1,2]", "JSON object"),
-            (br#"{"max_tokens":1,"messages":[]}"#, "model: field required"),
-            (br#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#, "max_tokens: field required"),
-            (br#"{"model":"m","max_tokens":1}"#, "messages: field required"),
-            (br#"{"model":"m","max_tokens":0,"messages":[{}]}"#, "max_tokens: must be"),
-            (br#"{"model":"m","max_tokens":1,"messages":[{}],"stream":"yes"}"#, "stream: must be"),
+            (
+                br#"{"max_tokens":1,"messages":[]}"#,
+                "model: field required",
+            ),
+            (
+                br#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#,
+                "max_tokens: field required",
+            ),
+            (
+                br#"{"model":"m","max_tokens":1}"#,
+                "messages: field required",
+            ),
+            (
+                br#"{"model":"m","max_tokens":0,"messages":[{}]}"#,
+                "max_tokens: must be",
+            ),
+            (
+                br#"{"model":"m","max_tokens":1,"messages":[{}],"stream":"yes"}"#,
+                "stream: must be",
+            ),
         ];
         for (body, want) in cases {
             let e = parse(Endpoint::Messages, body).unwrap_err();
@@ -276,7 +295,11 @@ mod tests {
         h.insert("cookie", "a=b".parse().unwrap());
         h.insert("anthropic-beta", "claude-code-20250219".parse().unwrap());
         let out = upstream_headers(&h);
-        assert!(out.get("x-api-key").is_none() && out.get("authorization").is_none() && out.get("cookie").is_none());
+        assert!(
+            out.get("x-api-key").is_none()
+                && out.get("authorization").is_none()
+                && out.get("cookie").is_none()
+        );
         assert_eq!(out["anthropic-version"], DEFAULT_VERSION);
         assert_eq!(out["anthropic-beta"], "claude-code-20250219");
     }

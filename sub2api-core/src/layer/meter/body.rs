@@ -29,8 +29,14 @@ struct Tail {
 
 enum State {
     Streaming,
-    Settling { fut: BoxFuture<'static, Result<Money, LedgerError>>, tail: Option<Tail> },
+    Settling {
+        fut: BoxFuture<'static, Result<Money, LedgerError>>,
+        tail: Option<Tail>,
+    },
     Flushing(Tail),
+    /// Settled mid-stream (a vendor whose final usage is not its last byte, e.g. Gemini's last
+    /// chunk, Chat's `[DONE]`): the rest of the stream passes through unmetered.
+    Passthrough,
     Done,
 }
 
@@ -76,11 +82,16 @@ impl MeteredBody {
         }
     }
 
-    fn start_settle(&mut self, ending: Ending, tail: Tail) {
+    fn start_settle(&mut self, ending: Ending, tail: Tail, keep_inner: bool) {
         let usage = self.scanner.as_mut().map(|s| s.usage()).unwrap_or_default();
-        self.inner = None; // upstream is finished with; free its connection now
+        if !keep_inner {
+            self.inner = None; // upstream is finished with; free its connection now
+        }
         let fut = self.settler.clone().settle(usage, ending);
-        self.state = State::Settling { fut: Box::pin(fut), tail: Some(tail) };
+        self.state = State::Settling {
+            fut: Box::pin(fut),
+            tail: Some(tail),
+        };
     }
 
     fn cut_tail(&mut self, upstream_error: Option<String>) -> Tail {
@@ -89,11 +100,17 @@ impl MeteredBody {
         let saw_error = self.scanner.as_ref().is_some_and(|s| s.saw_error());
         if self.stream {
             if !saw_error {
-                frames.push_back(self.dialect.sse_error(ErrorClass::Api, "upstream ended the stream before it was complete"));
+                frames.push_back(self.dialect.sse_error(
+                    ErrorClass::Api,
+                    "upstream ended the stream before it was complete",
+                ));
             }
             Tail { frames, fail: None }
         } else {
-            Tail { frames, fail: Some(upstream_error.unwrap_or_else(|| "upstream body ended early".into())) }
+            Tail {
+                frames,
+                fail: Some(upstream_error.unwrap_or_else(|| "upstream body ended early".into())),
+            }
         }
     }
 }
@@ -102,7 +119,10 @@ impl Body for MeteredBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
             match &mut this.state {
@@ -112,8 +132,33 @@ impl Body for MeteredBody {
                         return Poll::Ready(Some(Ok(Frame::data(b))));
                     }
                     let fail = tail.fail.take();
+                    if fail.is_none() && this.inner.is_some() {
+                        this.state = State::Passthrough;
+                        continue;
+                    }
                     this.state = State::Done;
                     return Poll::Ready(fail.map(|m| Err(m.into())));
+                }
+                State::Passthrough => {
+                    let inner = this
+                        .inner
+                        .as_mut()
+                        .expect("inner present while passing through");
+                    match ready!(Pin::new(inner).poll_frame(cx)) {
+                        Some(Ok(frame)) => return Poll::Ready(Some(Ok(frame))),
+                        Some(Err(e)) => {
+                            // Already settled on the final usage; the tail was cut: end here.
+                            tracing::debug!(error = %e, "upstream failed after its final usage");
+                            this.inner = None;
+                            this.state = State::Done;
+                            return Poll::Ready(None);
+                        }
+                        None => {
+                            this.inner = None;
+                            this.state = State::Done;
+                            return Poll::Ready(None);
+                        }
+                    }
                 }
                 State::Settling { fut, tail } => {
                     let result = ready!(fut.as_mut().poll(cx));
@@ -122,7 +167,10 @@ impl Body for MeteredBody {
                         // Not committed: the client must not receive the bytes that say "done".
                         tail.frames.clear();
                         if this.stream {
-                            tail.frames.push_back(this.dialect.sse_error(ErrorClass::Api, "billing unavailable; the response was not completed"));
+                            tail.frames.push_back(this.dialect.sse_error(
+                                ErrorClass::Api,
+                                "billing unavailable; the response was not completed",
+                            ));
                         } else {
                             tail.fail = Some("billing unavailable".into());
                         }
@@ -137,11 +185,21 @@ impl Body for MeteredBody {
                                 Ok(data) => data,
                                 Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
                             };
-                            let scanner = this.scanner.as_mut().expect("scanner present while streaming");
+                            let scanner = this
+                                .scanner
+                                .as_mut()
+                                .expect("scanner present while streaming");
                             scanner.feed(&frame);
                             if this.stream {
                                 if scanner.is_final() {
-                                    this.start_settle(Ending::Complete, Tail { frames: VecDeque::from([frame]), fail: None });
+                                    this.start_settle(
+                                        Ending::Complete,
+                                        Tail {
+                                            frames: VecDeque::from([frame]),
+                                            fail: None,
+                                        },
+                                        true,
+                                    );
                                     continue;
                                 }
                                 return Poll::Ready(Some(Ok(Frame::data(frame))));
@@ -153,10 +211,13 @@ impl Body for MeteredBody {
                         Some(Err(e)) => {
                             tracing::warn!(error = %e, "upstream body failed mid-response");
                             let tail = this.cut_tail(Some(format!("upstream body failed: {e}")));
-                            this.start_settle(Ending::UpstreamCut, tail);
+                            this.start_settle(Ending::UpstreamCut, tail, false);
                         }
                         None => {
-                            let scanner = this.scanner.as_mut().expect("scanner present while streaming");
+                            let scanner = this
+                                .scanner
+                                .as_mut()
+                                .expect("scanner present while streaming");
                             let complete = if this.stream {
                                 scanner.is_final()
                             } else {
@@ -165,10 +226,14 @@ impl Body for MeteredBody {
                             };
                             if complete {
                                 let frames = this.held_back.take().into_iter().collect();
-                                this.start_settle(Ending::Complete, Tail { frames, fail: None });
+                                this.start_settle(
+                                    Ending::Complete,
+                                    Tail { frames, fail: None },
+                                    false,
+                                );
                             } else {
                                 let tail = this.cut_tail(None);
-                                this.start_settle(Ending::UpstreamCut, tail);
+                                this.start_settle(Ending::UpstreamCut, tail, false);
                             }
                         }
                     }
@@ -193,7 +258,7 @@ impl Drop for MeteredBody {
     fn drop(&mut self) {
         self.metrics.open_responses.fetch_sub(1, Relaxed);
         match std::mem::replace(&mut self.state, State::Done) {
-            State::Done | State::Flushing(_) => {}
+            State::Done | State::Flushing(_) | State::Passthrough => {}
             State::Settling { fut, .. } => {
                 // The client left while the settlement was committing: let it finish.
                 self.tracker.spawn(async move {
@@ -203,13 +268,18 @@ impl Drop for MeteredBody {
             State::Streaming => {
                 // The client hung up mid-response: keep reading upstream (bounded) for the final
                 // usage, then settle.
-                let (Some(mut inner), Some(mut scanner)) = (self.inner.take(), self.scanner.take()) else { return };
+                let (Some(mut inner), Some(mut scanner)) = (self.inner.take(), self.scanner.take())
+                else {
+                    return;
+                };
                 let settler = self.settler.clone();
                 let timeout = self.drain_timeout;
                 let held = self.held_back.take();
                 let stream = self.stream;
                 if tokio::runtime::Handle::try_current().is_err() {
-                    tracing::error!("metered body dropped outside a runtime; its hold will be recovered");
+                    tracing::error!(
+                        "metered body dropped outside a runtime; its hold will be recovered"
+                    );
                     return;
                 }
                 self.tracker.spawn(async move {
@@ -228,7 +298,11 @@ impl Drop for MeteredBody {
                             Ok(Some(Err(_))) => break Ending::UpstreamCut,
                             Ok(None) => {
                                 scanner.usage();
-                                break if scanner.is_final() { Ending::ClientGoneDrained } else { Ending::UpstreamCut };
+                                break if scanner.is_final() {
+                                    Ending::ClientGoneDrained
+                                } else {
+                                    Ending::UpstreamCut
+                                };
                             }
                             Err(_) => break Ending::ClientGoneTimedOut,
                         }

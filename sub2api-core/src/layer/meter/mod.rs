@@ -9,9 +9,13 @@
 //! | upstream error before any output | nothing; the hold is released |
 //! | failover to another account | only the attempt that produced the response |
 //!
-//! The scanner sees the very `Bytes` that go to the client. The chunk that completes the usage
-//! (an SSE stream's final event, a JSON body's last chunk) is held back until the settlement has
-//! committed, so a charge the client was told about can never be lost.
+//! The scanner sees the very `Bytes` that go to the client (already rewritten for the account by
+//! the upstream layer: model named back, Code Assist unwrapped; usage is never changed by those),
+//! with one exception: the Chat Completions usage chunk the relay forced upstream is read by the
+//! scanner and only then removed for a client that did not ask for it. The chunk that completes
+//! the usage (an SSE stream's final event, a JSON body's last chunk) is held back until the
+//! settlement has committed, so a charge the client was told about can never be lost; whatever
+//! the vendor sends after its final usage passes through unmetered.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -56,7 +60,9 @@ use crate::layer::reserve::HoldCell;
 use crate::ledger::Ledger;
 use crate::meter::Meter;
 use crate::metrics::Metrics;
-use crate::request::RelayRequest;
+use crate::protocol::openai;
+use crate::protocol::reframe::SseRewrite;
+use crate::request::{Endpoint, RelayRequest};
 use crate::store::UsageLog;
 
 /// The account that produced a response (set by the schedule layer, read for the usage log).
@@ -90,7 +96,10 @@ impl MeterLayer {
 impl<S> Layer<S> for MeterLayer {
     type Service = MeterService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        MeterService { inner, settings: self.settings.clone() }
+        MeterService {
+            inner,
+            settings: self.settings.clone(),
+        }
     }
 }
 
@@ -102,7 +111,10 @@ pub struct MeterService<S> {
 
 impl<S, RB> Service<Request<Bytes>> for MeterService<S>
 where
-    S: Service<Request<Bytes>, Response = Response<RB>, Error = RelayError> + Clone + Send + 'static,
+    S: Service<Request<Bytes>, Response = Response<RB>, Error = RelayError>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send,
     RB: Body<Data = Bytes> + Send + 'static,
     RB::Error: Into<BoxError>,
@@ -120,9 +132,13 @@ where
         let settings = self.settings.clone();
         Box::pin(async move {
             let ext = req.extensions();
-            let (Some(ctx), Some(principal)) = (ext.get::<RelayRequest>().cloned(), ext.get::<Principal>().cloned())
-            else {
-                return Err(RelayError::internal("meter layer needs the auth and parse layers before it"));
+            let (Some(ctx), Some(principal)) = (
+                ext.get::<RelayRequest>().cloned(),
+                ext.get::<Principal>().cloned(),
+            ) else {
+                return Err(RelayError::internal(
+                    "meter layer needs the auth and parse layers before it",
+                ));
             };
             if !ctx.endpoint.billable() {
                 return Ok(inner.call(req).await?.map(boxed));
@@ -135,11 +151,36 @@ where
                 // hold cell releases the hold.
                 return Ok(res.map(boxed));
             }
-            let account = res.extensions().get::<ServedBy>().map(|s| s.0.id);
-            let scanner = settings.meter.scanner(ctx.dialect, ctx.stream);
-            let settler = Arc::new(Settler::new(settings.clone(), ctx.clone(), principal, account, hold));
+            let served = res.extensions().get::<ServedBy>().map(|s| s.0.clone());
+            let account = served.as_ref().map(|a| a.id);
+            let upstream_model = served
+                .as_ref()
+                .map(|a| a.upstream_model(&ctx.model).into_owned())
+                .filter(|m| *m != ctx.model);
+            let scanner = settings.meter.endpoint_scanner(ctx.endpoint, ctx.stream);
+            let settler = Arc::new(
+                Settler::new(settings.clone(), ctx.clone(), principal, account, hold)
+                    .with_upstream_model(upstream_model),
+            );
+            // The relay always asks a Chat stream for usage; a client that did not must not see
+            // the extra chunk. It is removed after the meter has read it.
+            let hide_usage =
+                ctx.endpoint == Endpoint::ChatCompletions && ctx.stream && !ctx.include_usage;
             Ok(res.map(|b| {
-                boxed(MeteredBody::new(boxed(b), scanner, settler, ctx.stream, ctx.dialect, settings.tracker.clone(), settings.drain_timeout))
+                let metered = boxed(MeteredBody::new(
+                    boxed(b),
+                    scanner,
+                    settler,
+                    ctx.stream,
+                    ctx.dialect,
+                    settings.tracker.clone(),
+                    settings.drain_timeout,
+                ));
+                if hide_usage {
+                    boxed(SseRewrite::new(metered, Box::new(openai::drop_usage_chunk)))
+                } else {
+                    metered
+                }
             }))
         })
     }

@@ -19,6 +19,9 @@ pub struct Settler {
     principal: Principal,
     account: Option<AccountId>,
     hold: Option<Arc<HoldCell>>,
+    /// The model the serving account sent upstream, when it mapped the client's: the price used
+    /// when the client's model itself has none (an alias).
+    upstream_model: Option<String>,
 }
 
 impl Settler {
@@ -29,7 +32,20 @@ impl Settler {
         account: Option<AccountId>,
         hold: Option<Arc<HoldCell>>,
     ) -> Self {
-        Settler { settings, ctx, principal, account, hold }
+        Settler {
+            settings,
+            ctx,
+            principal,
+            account,
+            hold,
+            upstream_model: None,
+        }
+    }
+
+    /// See [`Settler`]'s `upstream_model`.
+    pub fn with_upstream_model(mut self, model: Option<String>) -> Self {
+        self.upstream_model = model;
+        self
     }
 
     pub(crate) fn metrics(&self) -> Arc<crate::metrics::Metrics> {
@@ -37,10 +53,24 @@ impl Settler {
     }
 
     /// Charges `usage` and records it. Returns the amount charged once the ledger has committed.
-    pub async fn settle(self: Arc<Self>, usage: Usage, ending: Ending) -> Result<Money, LedgerError> {
+    pub async fn settle(
+        self: Arc<Self>,
+        usage: Usage,
+        ending: Ending,
+    ) -> Result<Money, LedgerError> {
         let s = &self.settings;
         let held = self.hold.as_ref().and_then(|h| h.amount());
-        let cost = match s.meter.cost(&self.ctx.model, &usage, self.principal.multiplier()) {
+        let priced = match (
+            s.meter
+                .cost(&self.ctx.model, &usage, self.principal.multiplier()),
+            &self.upstream_model,
+        ) {
+            (Err(crate::pricing::PricingError::UnknownModel(_)), Some(m)) => {
+                s.meter.cost(m, &usage, self.principal.multiplier())
+            }
+            (other, _) => other,
+        };
+        let cost = match priced {
             Ok(c) => c,
             Err(e) => {
                 // The model was priced when the hold was taken; the table changed since. Charging
@@ -64,7 +94,9 @@ impl Settler {
                 }
                 if !done.replayed {
                     Metrics::inc(&s.metrics.settled);
-                    s.metrics.charged_nanos.fetch_add(cost.nanos().max(0) as u64, Relaxed);
+                    s.metrics
+                        .charged_nanos
+                        .fetch_add(cost.nanos().max(0) as u64, Relaxed);
                     if held.is_some_and(|h| cost > h) {
                         Metrics::inc(&s.metrics.hold_overruns);
                         tracing::warn!(request_id = %self.ctx.request_id.as_str(), %cost, "metered cost exceeded the hold");
@@ -77,7 +109,9 @@ impl Settler {
             }
         }
         match ending {
-            Ending::ClientGoneDrained | Ending::ClientGoneTimedOut => Metrics::inc(&s.metrics.client_aborts),
+            Ending::ClientGoneDrained | Ending::ClientGoneTimedOut => {
+                Metrics::inc(&s.metrics.client_aborts)
+            }
             Ending::UpstreamCut => Metrics::inc(&s.metrics.upstream_cuts),
             _ => {}
         }

@@ -1,0 +1,195 @@
+//! The servers under test, each run as a child process of the bench (`bench --child ...`).
+//!
+//! A child process holds only the server, so its VmRSS is the server's memory, and the two
+//! servers compete for the CPU with the same load generator and mock in the parent. A child binds
+//! `127.0.0.1:0`, prints `LISTENING <addr>` on stdout, and serves until its stdin closes (the
+//! parent dropped it, or died) or it is killed.
+//!
+//! - `--child relay --vendor URL --db memory|sqlite://…|postgres://…`: the full relay, booted
+//!   through `sub2api_axum::boot` exactly as the end-to-end tests do (4 accounts at the mock,
+//!   a user with 1,000,000 USD, billing on), served by `sub2api_axum::router`.
+//! - `--child proxy --vendor URL`: a bare pass-through on the same stack (axum + the relay's
+//!   pooled reqwest client): the same header whitelist, body read whole, response body streamed
+//!   back; no auth, no scheduling, no metering, no ledger. The floor the relay is compared to.
+//!
+//! - `--child mock`: the mock vendor alone (bounded records), for profiling a server by hand
+//!   (`bench --child mock`, then `bench --child relay --vendor <its address>`, then perf/curl).
+//!
+//! `--nagle` (all): leave Nagle's algorithm on for accepted sockets (see `net.rs`).
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use http::{HeaderName, HeaderValue, StatusCode};
+use sub2api_axum::boot::boot;
+use sub2api_core::layer::upstream::Upstream;
+use sub2api_core::money::Money;
+use sub2api_core::protocol::anthropic;
+use sub2api_tests::{AccountSpec, Spec, config_for};
+
+/// Accounts in the relay's pool, all pointing at the mock.
+const ACCOUNTS: usize = 4;
+/// Per-account concurrency: high enough that the 1,000-stream memory test never queues.
+const ACCOUNT_CONCURRENCY: u32 = 1024;
+/// The seeded balance, so no request of a run is refused for money.
+const BALANCE_USD: i64 = 1_000_000;
+/// Same as the relay's default `max_body_bytes`.
+const MAX_BODY: usize = 32 * 1024 * 1024;
+
+pub fn main(args: &[String]) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SUB2API_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sqlx=warn")),
+        )
+        .init();
+    let kind = args.first().map(String::as_str);
+    let flag = |name: &str| args.windows(2).find(|w| w[0] == name).map(|w| w[1].clone());
+    let nagle = args.iter().any(|a| a == "--nagle");
+    if kind == Some("mock") {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        return match rt.block_on(serve(crate::net::mock_app(), nagle)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench child: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let Some(vendor) = flag("--vendor") else {
+        eprintln!("bench child: --vendor URL is required");
+        return ExitCode::from(2);
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = rt.block_on(async {
+        let app = match kind {
+            Some("relay") => {
+                relay_app(&vendor, &flag("--db").unwrap_or_else(|| "memory".into())).await?
+            }
+            Some("proxy") => proxy_app(&vendor),
+            _ => return Err("bench child: relay, proxy or mock".to_owned()),
+        };
+        serve(app, nagle).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench child: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Binds, announces the address to the parent, and serves until stdin closes.
+async fn serve(app: Router, nagle: bool) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "LISTENING {addr}")
+        .and_then(|()| out.flush())
+        .map_err(|e| e.to_string())?;
+    drop(out);
+    // The parent holds our stdin; EOF means it is done with us (or gone): exit at once.
+    std::thread::spawn(|| {
+        let mut stdin = std::io::stdin();
+        let mut buf = [0u8; 256];
+        while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+        std::process::exit(0);
+    });
+    crate::net::serve(listener, app, nagle)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn relay_app(vendor: &str, db: &str) -> Result<Router, String> {
+    let spec = Spec {
+        accounts: (1..=ACCOUNTS)
+            .map(|i| AccountSpec {
+                concurrency: ACCOUNT_CONCURRENCY,
+                ..AccountSpec::new(i)
+            })
+            .collect(),
+        balance: Money::usd(BALANCE_USD),
+        database_url: db.to_owned(),
+        ..Spec::default()
+    };
+    let booted = boot(config_for(&spec, vendor))
+        .await
+        .map_err(|e| format!("relay boot: {e}"))?;
+    let app = sub2api_axum::router(&booted.relay);
+    // The child exits by process::exit; keep the store and relay alive until then.
+    std::mem::forget(booted);
+    Ok(app)
+}
+
+#[derive(Clone)]
+struct Proxy {
+    client: reqwest::Client,
+    vendor: Arc<str>,
+    key: HeaderValue,
+}
+
+fn proxy_app(vendor: &str) -> Router {
+    let proxy = Proxy {
+        client: Upstream::default_client(),
+        vendor: Arc::from(vendor.trim_end_matches('/')),
+        key: HeaderValue::from_static("acct-proxy"),
+    };
+    Router::new()
+        .route("/v1/messages", post(forward))
+        .with_state(proxy)
+}
+
+/// The whole proxy: what the relay's upstream layer does, without anything around it.
+async fn forward(State(p): State<Proxy>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+    };
+    let mut headers = anthropic::upstream_headers(&parts.headers);
+    headers.insert(HeaderName::from_static("x-api-key"), p.key.clone());
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    let url = format!("{}{path}", p.vendor);
+    match p
+        .client
+        .request(parts.method, url)
+        .headers(headers)
+        .body(body)
+        .send()
+        .await
+    {
+        Ok(res) => {
+            let res: http::Response<reqwest::Body> = res.into();
+            let (up, body) = res.into_parts();
+            let mut out = Response::new(Body::new(body));
+            *out.status_mut() = up.status;
+            for name in anthropic::RETURNED_HEADERS {
+                if let Some(v) = up.headers.get(*name) {
+                    out.headers_mut()
+                        .insert(HeaderName::from_static(name), v.clone());
+                }
+            }
+            out
+        }
+        Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    }
+}
