@@ -158,9 +158,25 @@ pub async fn boot_with(config: Config, master: Option<MasterKey>) -> Result<Boot
     let admin_key = sub2api_core::api::setup::admin_key(admin.as_ref(), config.admin_key.as_deref())
         .await
         .map_err(ConfigError::from)?;
+    // Top-ups: orders in the same store, credits through the relay's ledger; a background sweep
+    // expires unpaid orders once their provider confirms them unpaid.
+    let payments = match config.payments.clone().filter(|p| p.any_provider()) {
+        Some(pc) => {
+            let pay_store: Arc<dyn sub2api_core::payment::PaymentStore> = match &store {
+                Some(s) => Arc::new(s.clone()),
+                None => Arc::new(sub2api_core::payment::service::MemoryPaymentStore::new()),
+            };
+            let http = sub2api_core::layer::upstream::Upstream::default_client();
+            let p = sub2api_core::payment::Payments::from_config(pc, pay_store, relay.parts().ledger.clone(), http)
+                .map_err(ConfigError::Seed)?;
+            p.spawn_sweeper();
+            Some(p)
+        }
+        None => None,
+    };
     let api = Api::new(
         sub2api_core::api::setup::parts(&relay, admin, Some(pool), Some(live)),
-        ApiConfig { admin_key_sha256: Some(admin_key.sha256), ..api_config },
+        ApiConfig { admin_key_sha256: Some(admin_key.sha256), payments, ..api_config },
     );
     Ok(Booted { relay, api, generated_admin_key: admin_key.generated, store, seed, config })
 }

@@ -41,6 +41,9 @@ pub struct Config {
     /// `[oauth.anthropic]`, `[oauth.openai]`, `[oauth.google]`: token endpoints and clients.
     #[serde(default)]
     pub oauth: crate::oauth::OAuthConfig,
+    /// `[payments]`: user top-ups through Stripe, Alipay, WeChat Pay and EasyPay.
+    #[serde(default)]
+    pub payments: Option<crate::payment::PaymentsConfig>,
 }
 
 /// Request-path tunables.

@@ -93,9 +93,17 @@ async fn serve(relay: &Relay) -> Served {
 #[derive(Clone, Copy, Debug)]
 struct Figures {
     rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+    /// p50 and p99 (ms) of the non-streaming requests, then of the streaming ones.
+    json: (f64, f64),
+    stream: (f64, f64),
+    /// p99 (ms) over all requests.
+    p99: f64,
     errors: usize,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
 async fn load(base: &str, concurrency: usize, dur: Duration, warmup: Duration) -> Figures {
@@ -109,15 +117,17 @@ async fn load(base: &str, concurrency: usize, dur: Duration, warmup: Duration) -
         let (client, url) = (client.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
             let session = format!("bench-session-{w}-{:x}", rand::random::<u32>());
-            let mut lat = Vec::new();
+            // [non-streaming, streaming]
+            let mut lat: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
             let mut errors = 0;
-            let mut n = 0u64;
+            let mut n = 0usize;
             while Instant::now() < end {
                 n += 1;
+                let stream = n % 2;
                 let body = json!({
                     "model": "claude-haiku-4-5",
                     "max_tokens": 64,
-                    "stream": n.is_multiple_of(2),
+                    "stream": stream == 1,
                     "metadata": {"user_id": json!({"device_id": "bench", "account_uuid": "", "session_id": session}).to_string()},
                     "messages": [{"role": "user", "content": "Say hello to the benchmark."}],
                 });
@@ -131,7 +141,7 @@ async fn load(base: &str, concurrency: usize, dur: Duration, warmup: Duration) -
                 };
                 if t >= measure_from && Instant::now() <= end {
                     if ok {
-                        lat.push(t.elapsed());
+                        lat[stream].push(t.elapsed());
                     } else {
                         errors += 1;
                     }
@@ -140,19 +150,25 @@ async fn load(base: &str, concurrency: usize, dur: Duration, warmup: Duration) -
             (lat, errors)
         }));
     }
-    let mut all = Vec::new();
+    let (mut json, mut stream) = (Vec::new(), Vec::new());
     let mut errors = 0;
     for t in tasks {
-        let (l, e) = t.await.unwrap();
-        all.extend(l);
+        let ([j, s], e) = t.await.unwrap();
+        json.extend(j);
+        stream.extend(s);
         errors += e;
     }
+    json.sort();
+    stream.sort();
+    let mut all: Vec<Duration> = json.iter().chain(&stream).copied().collect();
     all.sort();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    };
-    Figures { rps: all.len() as f64 / dur.as_secs_f64(), p50_ms: pct(0.50), p99_ms: pct(0.99), errors }
+    Figures {
+        rps: all.len() as f64 / dur.as_secs_f64(),
+        json: (percentile(&json, 0.5), percentile(&json, 0.99)),
+        stream: (percentile(&stream, 0.5), percentile(&stream, 0.99)),
+        p99: percentile(&all, 0.99),
+        errors,
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -201,36 +217,41 @@ async fn main() {
     let warmup = Duration::from_secs(2);
     let mut results: Vec<Vec<Figures>> = vec![Vec::new(); variants.len()];
     for round in 0..args.rounds {
-        for (i, (name, served)) in variants.iter().enumerate() {
+        // Alternate the order, so neither variant always runs on a warmer (or hotter) machine.
+        let order: Vec<usize> = if round % 2 == 0 { vec![0, 1] } else { vec![1, 0] };
+        for i in order {
+            let (name, served) = &variants[i];
             let f = load(&served.base, args.concurrency, dur, warmup).await;
             eprintln!(
-                "round {round} {name:>10}: {:8.0} req/s  p50 {:6.2} ms  p99 {:6.2} ms  errors {}",
-                f.rps, f.p50_ms, f.p99_ms, f.errors
+                "round {round} {name:>10}: {:7.0} req/s  json p50 {:6.2} p99 {:6.2}  stream p50 {:6.2} p99 {:6.2}  all p99 {:6.2} ms  errors {}",
+                f.rps, f.json.0, f.json.1, f.stream.0, f.stream.1, f.p99, f.errors
             );
             results[i].push(f);
         }
     }
-    let summary: Vec<(f64, f64, f64, usize)> = results
-        .iter()
-        .map(|r| {
-            (
-                median(r.iter().map(|f| f.rps).collect()),
-                median(r.iter().map(|f| f.p50_ms).collect()),
-                median(r.iter().map(|f| f.p99_ms).collect()),
-                r.iter().map(|f| f.errors).sum(),
-            )
-        })
-        .collect();
+    let med = |r: &[Figures], f: fn(&Figures) -> f64| median(r.iter().map(f).collect());
     println!(
-        "c={} secs={} rounds={} pool=4x{} (median of rounds)",
+        "c={} secs={} rounds={} pool=4x{} (median over rounds; latency in ms)",
         args.concurrency, args.secs, args.rounds, args.slots
     );
-    println!("| scheduler | req/s | p50 ms | p99 ms | errors |");
-    println!("|---|---:|---:|---:|---:|");
-    for ((name, _), (rps, p50, p99, errors)) in variants.iter().zip(&summary) {
-        println!("| {name} | {rps:.0} | {p50:.2} | {p99:.2} | {errors} |");
+    println!("| scheduler | req/s | json p50 | json p99 | stream p50 | stream p99 | all p99 | errors |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for ((name, _), r) in variants.iter().zip(&results) {
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+            med(r, |f| f.rps),
+            med(r, |f| f.json.0),
+            med(r, |f| f.json.1),
+            med(r, |f| f.stream.0),
+            med(r, |f| f.stream.1),
+            med(r, |f| f.p99),
+            r.iter().map(|f| f.errors).sum::<usize>()
+        );
     }
-    println!("redis / in-process throughput: {:.1}%", summary[1].0 / summary[0].0 * 100.0);
+    println!(
+        "redis / in-process throughput: {:.1}%",
+        med(&results[1], |f| f.rps) / med(&results[0], |f| f.rps) * 100.0
+    );
 
     for (_, served) in variants {
         let _ = served.stop.send(());

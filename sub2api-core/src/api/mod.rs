@@ -37,6 +37,7 @@ pub mod auth;
 pub mod live;
 pub(crate) mod memory;
 pub mod openapi;
+pub mod payments;
 pub mod quota;
 mod routes;
 pub mod schema;
@@ -446,6 +447,8 @@ pub struct ApiConfig {
     pub account_test_timeout: Duration,
     /// HTTP client for account tests.
     pub http: Option<reqwest::Client>,
+    /// Top-ups through payment providers (`/api/v1/payments/...`); `None` = disabled.
+    pub payments: Option<crate::payment::Payments>,
 }
 
 impl Default for ApiConfig {
@@ -458,6 +461,7 @@ impl Default for ApiConfig {
             login_window: Duration::from_secs(15 * 60),
             account_test_timeout: Duration::from_secs(30),
             http: None,
+            payments: None,
         }
     }
 }
@@ -615,6 +619,9 @@ impl Api {
     {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().to_owned();
+        if let Some(provider) = path.strip_prefix(payments::WEBHOOK_PREFIX) {
+            return self.webhook(provider, parts, body).await;
+        }
         let mut allowed = Vec::new();
         let mut found = None;
         for r in routes() {
@@ -671,6 +678,42 @@ impl Api {
         }
         .await;
         render(result)
+    }
+
+    /// A provider notification: raw body in, the provider's own answer out (not JSON).
+    async fn webhook<B>(
+        &self,
+        provider: &str,
+        parts: http::request::Parts,
+        body: B,
+    ) -> Response<RelayBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (status, text) = match read_body(body, 256 * 1024).await {
+            Ok(raw) => {
+                payments::webhook(
+                    self.inner.config.payments.clone(),
+                    provider,
+                    &parts.method,
+                    &parts.headers,
+                    parts.uri.query(),
+                    &raw,
+                )
+                .await
+            }
+            Err(e) => (e.status, e.message),
+        };
+        let ct = if text.starts_with('{') {
+            "application/json"
+        } else {
+            "text/plain; charset=utf-8"
+        };
+        let mut res = Response::new(full(Bytes::from(text)));
+        *res.status_mut() = status;
+        res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+        res
     }
 
     async fn authenticate(

@@ -12,7 +12,7 @@ use super::{Access, ApiRoute, BodySpec, Handler, admin, user, views};
 
 const MIB: usize = 1024 * 1024;
 
-fn route(
+pub(super) fn route(
     method: Method,
     path: &'static str,
     access: Access,
@@ -47,24 +47,24 @@ fn route(
 }
 
 impl ApiRoute {
-    fn body(mut self, fields: &'static [Field]) -> Self {
+    pub(super) fn body(mut self, fields: &'static [Field]) -> Self {
         self.body = BodySpec::Fields(fields);
         self
     }
-    fn json_body(mut self, max: usize) -> Self {
+    pub(super) fn json_body(mut self, max: usize) -> Self {
         self.body = BodySpec::Json;
         self.max_body = max;
         self
     }
-    fn query(mut self, fields: &'static [Field]) -> Self {
+    pub(super) fn query(mut self, fields: &'static [Field]) -> Self {
         self.query = fields;
         self
     }
-    fn returns(mut self, schema: fn() -> Value) -> Self {
+    pub(super) fn returns(mut self, schema: fn() -> Value) -> Self {
         self.response = schema;
         self
     }
-    fn created(mut self) -> Self {
+    pub(super) fn created(mut self) -> Self {
         self.status = StatusCode::CREATED;
         self
     }
@@ -414,11 +414,17 @@ fn page_of(item: fn() -> Value) -> Value {
     out::page(item())
 }
 
-fn list_of(item: fn() -> Value) -> Value {
+pub(super) fn list_of(item: fn() -> Value) -> Value {
     out::list(item())
 }
 
 static ROUTES: LazyLock<Vec<ApiRoute>> = LazyLock::new(|| {
+    let mut all = core_routes();
+    all.extend(super::payments::routes());
+    all
+});
+
+fn core_routes() -> Vec<ApiRoute> {
     use Access::{Admin, Public, User};
     use Method as M;
     vec![
@@ -1186,7 +1192,7 @@ static ROUTES: LazyLock<Vec<ApiRoute>> = LazyLock::new(|| {
         .body(SETTINGS_PATCH)
         .returns(settings_schema),
     ]
-});
+}
 
 fn settings_schema() -> Value {
     out::obj(&[

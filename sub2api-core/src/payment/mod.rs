@@ -1,12 +1,45 @@
-//! [`PaymentGateway`]: the provider side of a top-up. Orders, crediting and webhooks routing live
-//! in the relay; a gateway only speaks its provider's protocol: create a checkout, verify a
-//! notification from the raw body, query and refund.
+//! Payments: users top up their balance (or buy a plan) through a provider, and every real payment
+//! credits exactly once whatever the provider retries, replays or forges.
+//!
+//! - [`PaymentGateway`]: the provider side of a top-up. A gateway only speaks its provider's
+//!   protocol: create a checkout, verify a notification from the raw body, query and refund.
+//!   Implementations, each behind a cargo feature: [`stripe`] (`stripe`), [`alipay`] (`alipay`),
+//!   [`wechat`] (`wechat`), [`easypay`] (`easypay`); the `payments` feature enables all four.
+//! - [`service::Payments`]: orders and their compare-and-swap lifecycle over a
+//!   [`service::PaymentStore`], webhook handling (verify, check amount, currency and merchant,
+//!   `PENDING -> PAID`, credit through the [`crate::ledger::Ledger`] keyed by
+//!   `pay:<provider>:<trade_no>`, `PAID -> COMPLETED`), expiry after the provider confirms an
+//!   order unpaid, and refunds that reverse exactly the credited amount.
+//! - [`PaymentsConfig`]: the `[payments]` section of the configuration file.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::UserId;
 use crate::money::Money;
+
+pub mod config;
+pub mod service;
+#[doc(hidden)]
+pub mod test_keys;
+pub mod util;
+
+#[cfg(all(test, feature = "stripe"))]
+mod tests;
+
+#[cfg(feature = "alipay")]
+pub mod alipay;
+#[cfg(feature = "easypay")]
+pub mod easypay;
+#[cfg(any(feature = "alipay", feature = "wechat"))]
+pub mod rsa_keys;
+#[cfg(feature = "stripe")]
+pub mod stripe;
+#[cfg(feature = "wechat")]
+pub mod wechat;
+
+pub use config::{PaymentsConfig, credit_for};
+pub use service::{OrderStatus, PaymentStore, Payments, StoredOrder};
 
 /// An order as a gateway needs to see it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +81,7 @@ pub struct PaymentEvent {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum PaymentStatus {
+    /// Not paid (yet); for a query, also "the provider has no such trade".
     Pending,
     Paid,
     Failed,
@@ -64,6 +98,16 @@ pub struct RefundRequest {
     pub total_minor: i64,
     pub currency: String,
     pub reason: String,
+}
+
+/// What a query needs: the merchant's order number and, when creation returned one, the
+/// provider's own order id (a Stripe Checkout Session id).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryRequest {
+    pub out_trade_no: String,
+    pub provider_order_id: Option<String>,
+    pub amount_minor: i64,
+    pub currency: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,7 +142,9 @@ pub trait PaymentGateway: Send + Sync + 'static {
     /// The exact acknowledgement the provider expects once a notification has been handled.
     fn acknowledgement(&self) -> (http::StatusCode, &'static str);
 
-    async fn query(&self, out_trade_no: &str) -> Result<PaymentStatus, PaymentError>;
+    /// Asks the provider where an order stands. `Paid` comes with the trade id and amount, so a
+    /// payment whose notification never arrived can still be credited.
+    async fn query(&self, order: &QueryRequest) -> Result<PaymentEvent, PaymentError>;
 
     async fn refund(&self, refund: &RefundRequest) -> Result<(), PaymentError>;
 }
