@@ -61,6 +61,15 @@ impl ApiHarness {
     }
 
     pub async fn start_with(setup: (Adapter, Storage), spec: Spec) -> ApiHarness {
+        Self::start_configured(setup, spec, |_| {}).await
+    }
+
+    /// [`start_with`](Self::start_with), with a last say on the configuration (e.g. `[payments]`).
+    pub async fn start_configured(
+        setup: (Adapter, Storage),
+        spec: Spec,
+        configure: impl FnOnce(&mut sub2api_core::config::Config),
+    ) -> ApiHarness {
         let (adapter, storage) = setup;
         let db = TestDb::new(storage).await;
         let vendor = MockVendor::start().await;
@@ -72,6 +81,7 @@ impl ApiHarness {
             &vendor.base_url(),
         );
         config.admin_key = Some(ADMIN_KEY.into());
+        configure(&mut config);
         let booted = boot_with(config, Some(MasterKey::new([7u8; 32])))
             .await
             .expect("relay boots");
@@ -81,6 +91,7 @@ impl ApiHarness {
             ApiConfig {
                 admin_key: Some(ADMIN_KEY.into()),
                 password: PasswordParams::insecure_fast(),
+                payments: booted.api.config().payments.clone(),
                 ..ApiConfig::default()
             },
         );

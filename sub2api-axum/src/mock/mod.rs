@@ -51,6 +51,7 @@ mod openai;
 mod sse;
 mod state;
 pub mod usage;
+pub mod payments;
 
 #[cfg(test)]
 mod tests;
