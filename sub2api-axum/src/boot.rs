@@ -167,8 +167,10 @@ pub async fn boot_with(config: Config, master: Option<MasterKey>) -> Result<Boot
                 None => Arc::new(sub2api_core::payment::service::MemoryPaymentStore::new()),
             };
             let http = sub2api_core::layer::upstream::Upstream::default_client();
+            // Plan orders grant (or extend) the subscription once per order, in the admin store.
             let p = sub2api_core::payment::Payments::from_config(pc, pay_store, relay.parts().ledger.clone(), http)
-                .map_err(ConfigError::Seed)?;
+                .map_err(ConfigError::Seed)?
+                .with_plans(Arc::new(sub2api_core::api::payments::AdminPlans(admin.clone())));
             p.spawn_sweeper();
             Some(p)
         }

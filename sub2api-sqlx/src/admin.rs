@@ -91,6 +91,8 @@ fn plan_record(p: Plan) -> PlanRecord {
         duration_days: p.duration_days,
         windows: p.windows.0,
         enabled: p.enabled,
+        price_minor: p.price_minor,
+        currency: p.currency,
     }
 }
 
@@ -730,6 +732,8 @@ impl AdminStore for SqlStore {
                 group_id: plan.group_id,
                 duration_days: plan.duration_days,
                 windows: plan.windows,
+                price_minor: plan.price_minor,
+                currency: plan.currency,
             },
         )
         .await
@@ -748,6 +752,18 @@ impl AdminStore for SqlStore {
         expires_at_ms: i64,
     ) -> Result<SubscriptionRecord, StoreError> {
         SqlStore::assign_subscription(self, user, PlanId(plan), starts_at_ms, expires_at_ms)
+            .await
+            .map(subscription_record)
+    }
+
+    async fn grant_plan_once(
+        &self,
+        user: UserId,
+        plan: i64,
+        days: i64,
+        grant_key: &str,
+    ) -> Result<SubscriptionRecord, StoreError> {
+        SqlStore::grant_plan_once(self, user, PlanId(plan), days, grant_key)
             .await
             .map(subscription_record)
     }

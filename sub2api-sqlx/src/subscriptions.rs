@@ -41,6 +41,9 @@ pub struct NewPlan {
     /// How long one purchase or redeem code of the plan lasts.
     pub duration_days: i64,
     pub windows: Vec<WindowSpec>,
+    /// The price of one purchase in `currency`'s minor unit; `None` (with `currency`): not for sale.
+    pub price_minor: Option<i64>,
+    pub currency: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +54,8 @@ pub struct Plan {
     pub duration_days: i64,
     pub windows: PlanWindows,
     pub enabled: bool,
+    pub price_minor: Option<i64>,
+    pub currency: Option<String>,
 }
 
 /// A plan assigned to a user for `[starts_at_ms, expires_at_ms)`.
@@ -340,6 +345,13 @@ impl SqlStore {
         if plan.duration_days <= 0 {
             return Err(StoreError::Invalid("a plan lasts at least one day".into()));
         }
+        if plan.price_minor.is_some() != plan.currency.is_some()
+            || plan.price_minor.is_some_and(|p| p <= 0)
+        {
+            return Err(StoreError::Invalid(
+                "a plan's price is positive and has a currency".into(),
+            ));
+        }
         for w in &plan.windows {
             if w.limit.is_negative() || matches!(w.length, WindowLength::Rolling { ms } if ms <= 0)
             {
@@ -354,15 +366,18 @@ impl SqlStore {
             let row = tx
                 .one(
                     Q::new(
-                        "INSERT INTO plans (name, group_id, duration_days, enabled, created_at)
-                         VALUES ($1, $2, $3, TRUE, $4)
-                         ON CONFLICT (name) DO UPDATE SET group_id = excluded.group_id, duration_days = excluded.duration_days
+                        "INSERT INTO plans (name, group_id, duration_days, enabled, created_at, price_minor, currency)
+                         VALUES ($1, $2, $3, TRUE, $4, $5, $6)
+                         ON CONFLICT (name) DO UPDATE SET group_id = excluded.group_id, duration_days = excluded.duration_days,
+                             price_minor = excluded.price_minor, currency = excluded.currency
                          RETURNING id",
                     )
                     .bind(&plan.name)
                     .bind(plan.group_id.0)
                     .bind(plan.duration_days)
-                    .bind(now),
+                    .bind(now)
+                    .bind(plan.price_minor)
+                    .bind(plan.currency.clone()),
                 )
                 .await?;
             let id = row.i64("id")?;
@@ -399,7 +414,7 @@ impl SqlStore {
         let plans = pool
             .all(
                 Q::new(
-                    "SELECT id, name, group_id, duration_days, enabled FROM plans
+                    "SELECT id, name, group_id, duration_days, enabled, price_minor, currency FROM plans
                      WHERE $1 IS NULL OR id = $1 ORDER BY id",
                 )
                 .bind(only),
@@ -427,6 +442,8 @@ impl SqlStore {
                 duration_days: p.i64("duration_days").map_err(store_err)?,
                 windows: PlanWindows(windows),
                 enabled: p.bool("enabled").map_err(store_err)?,
+                price_minor: p.opt_i64("price_minor").map_err(store_err)?,
+                currency: p.opt_text("currency").map_err(store_err)?,
             });
         }
         Ok(out)
@@ -488,6 +505,68 @@ impl SqlStore {
         let pool = &self.shared().pool;
         in_tx!(pool, |tx| grant_plan_tx(&mut tx, user.0, plan.0, days, now)
             .await?)
+        .map_err(store_err)?
+    }
+
+    /// [`SqlStore::grant_plan`] once per `grant_key` (a paid order): a key already granted
+    /// changes nothing and returns the subscription it went to. The key is claimed first in the
+    /// same transaction, so concurrent grants of one key wait for each other and only one extends.
+    pub async fn grant_plan_once(
+        &self,
+        user: UserId,
+        plan: PlanId,
+        days: i64,
+        grant_key: &str,
+    ) -> Result<Subscription, StoreError> {
+        let now = self.now_ms();
+        let pool = &self.shared().pool;
+        in_tx!(pool, |tx| {
+            let claimed = tx
+                .exec(
+                    Q::new(
+                        "INSERT INTO plan_grants (grant_key, subscription_id, created_at) VALUES ($1, NULL, $2)
+                         ON CONFLICT (grant_key) DO NOTHING",
+                    )
+                    .bind(grant_key)
+                    .bind(now),
+                )
+                .await?;
+            if claimed == 0 {
+                let row = tx
+                    .one(
+                        Q::built(format!(
+                            "SELECT {} FROM subscriptions s JOIN plan_grants g ON g.subscription_id = s.id
+                             WHERE g.grant_key = $1",
+                            SUB_COLUMNS
+                                .split(", ")
+                                .map(|c| format!("s.{c}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ))
+                        .bind(grant_key),
+                    )
+                    .await?;
+                Ok(subscription_from_row(&row)?)
+            } else {
+                match grant_plan_tx(&mut tx, user.0, plan.0, days, now).await? {
+                    Ok(sub) => {
+                        tx.exec(
+                            Q::new("UPDATE plan_grants SET subscription_id = $2 WHERE grant_key = $1")
+                                .bind(grant_key)
+                                .bind(sub.id.0),
+                        )
+                        .await?;
+                        Ok(sub)
+                    }
+                    // No such plan: release the key so a later retry can grant.
+                    Err(e) => {
+                        tx.exec(Q::new("DELETE FROM plan_grants WHERE grant_key = $1").bind(grant_key))
+                            .await?;
+                        Err(e)
+                    }
+                }
+            }
+        })
         .map_err(store_err)?
     }
 

@@ -456,6 +456,8 @@ async fn books_balance_after_a_random_workload(db: &TestDb) {
             name: "small".into(),
             group_id: g,
             duration_days: 30,
+            price_minor: None,
+            currency: None,
             windows: vec![
                 WindowSpec::five_hour(usd("0.5")),
                 WindowSpec::daily(usd("0.8")),

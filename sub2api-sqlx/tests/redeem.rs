@@ -117,6 +117,8 @@ async fn codes_expire_and_plan_codes_extend(db: &TestDb) {
             name: "monthly".into(),
             group_id: g,
             duration_days: 30,
+            price_minor: None,
+            currency: None,
             windows: vec![WindowSpec::daily(usd("5"))],
         })
         .await

@@ -68,6 +68,8 @@ async fn daily_window_resets_exactly_at_utc_midnight(db: &TestDb) {
             name: "daily10".into(),
             group_id: g,
             duration_days: 30,
+            price_minor: None,
+            currency: None,
             windows: vec![WindowSpec::daily(usd("10"))],
         })
         .await
@@ -134,6 +136,8 @@ async fn five_hour_window_then_wallet(db: &TestDb) {
             name: "5h".into(),
             group_id: g,
             duration_days: 30,
+            price_minor: None,
+            currency: None,
             windows: vec![
                 WindowSpec::five_hour(usd("4")),
                 WindowSpec::weekly(usd("100")),
@@ -217,6 +221,8 @@ async fn released_and_expired_holds_give_headroom_back(db: &TestDb) {
             name: "d".into(),
             group_id: g,
             duration_days: 1,
+            price_minor: None,
+            currency: None,
             windows: vec![WindowSpec::daily(usd("1"))],
         })
         .await
@@ -253,4 +259,95 @@ async fn released_and_expired_holds_give_headroom_back(db: &TestDb) {
 both!(
     released_and_expired_holds_give_headroom_back,
     super::released_and_expired_holds_give_headroom_back
+);
+
+async fn plan_prices_and_grants_once_per_key(db: &TestDb) {
+    let t0 = utc_ms(2025, 6, 1, 12, 0, 0);
+    let clock = Arc::new(ManualClock::new(t0));
+    let store = db.open_with_clock(clock.clone()).await;
+    let g = group(&store, "pro").await;
+    let u = funded_user(&store, "buyer@example.com", Money::ZERO).await;
+    let plan = store
+        .upsert_plan(NewPlan {
+            name: "weekly".into(),
+            group_id: g,
+            duration_days: 7,
+            price_minor: Some(1500),
+            currency: Some("USD".into()),
+            windows: vec![WindowSpec::daily(usd("1"))],
+        })
+        .await
+        .unwrap();
+    assert_eq!(plan.price_minor, Some(1500));
+    assert_eq!(plan.currency.as_deref(), Some("USD"));
+    assert_eq!(
+        store.plan(plan.id).await.unwrap().unwrap().price_minor,
+        Some(1500)
+    );
+    // A price without a currency is refused.
+    assert!(
+        store
+            .upsert_plan(NewPlan {
+                name: "odd".into(),
+                group_id: g,
+                duration_days: 7,
+                price_minor: Some(1),
+                currency: None,
+                windows: vec![],
+            })
+            .await
+            .is_err()
+    );
+
+    // Ten concurrent grants with one key extend once.
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let s = store.clone();
+        let p = plan.id;
+        tasks.push(tokio::spawn(async move {
+            s.grant_plan_once(u, p, 7, "order:A").await
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        if let Ok(sub) = t.await.unwrap() {
+            ids.push(sub.id);
+        }
+    }
+    assert!(!ids.is_empty());
+    assert!(ids.iter().all(|i| *i == ids[0]));
+    let subs = store.subscriptions_of(u).await.unwrap();
+    assert_eq!(subs.len(), 1);
+    assert_eq!(subs[0].expires_at_ms, t0 + 7 * 24 * HOUR_MS);
+    // Repeated: nothing more. Another key extends the same subscription.
+    let again = store
+        .grant_plan_once(u, plan.id, 7, "order:A")
+        .await
+        .unwrap();
+    assert_eq!(again.expires_at_ms, t0 + 7 * 24 * HOUR_MS);
+    let b = store
+        .grant_plan_once(u, plan.id, 7, "order:B")
+        .await
+        .unwrap();
+    assert_eq!(b.id, ids[0]);
+    assert_eq!(b.expires_at_ms, t0 + 14 * 24 * HOUR_MS);
+    assert_eq!(store.subscriptions_of(u).await.unwrap().len(), 1);
+    // An unknown plan grants nothing and leaves its key free.
+    assert!(
+        store
+            .grant_plan_once(u, sub2api_sqlx::PlanId(999), 7, "order:C")
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .grant_plan_once(u, plan.id, 7, "order:C")
+            .await
+            .is_ok()
+    );
+    store.close().await;
+}
+both!(
+    plan_prices_and_grants_once_per_key,
+    super::plan_prices_and_grants_once_per_key
 );

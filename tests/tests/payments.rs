@@ -586,3 +586,129 @@ async fn the_mocks_refuse_badly_signed_requests() {
         assert!(!rs[0].verified);
     }
 }
+
+/// Plan purchases: an order for a priced plan takes its amount from the plan and credits nothing;
+/// its genuine notification, delivered three times, grants the subscription once; a second
+/// purchase extends it. Unpriced plans and a provider in another currency are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paid_plan_order_grants_the_subscription_exactly_once() {
+    const DAY_MS: i64 = 86_400_000;
+    for &setup in PAY_SETUPS {
+        let m = Mocks::start().await;
+        let pc = m.config();
+        let h = ApiHarness::start_configured(setup, Spec::default(), move |c| {
+            c.payments = Some(pc);
+        })
+        .await;
+        let windows = json!([{"kind": "day", "limit_usd": "2"}]);
+        let plan = h
+            .admin_ok(
+                "POST",
+                "/api/v1/admin/plans",
+                json!({"name": "weekly", "group": "default", "windows": windows,
+                       "duration_days": 7, "price_minor": 1500, "currency": "USD"}),
+            )
+            .await;
+        assert_eq!(plan["price_minor"], 1500, "{plan}");
+        assert_eq!(plan["currency"], "USD", "{plan}");
+        let plan_id = plan["id"].as_i64().unwrap();
+        let free = h
+            .admin_ok(
+                "POST",
+                "/api/v1/admin/plans",
+                json!({"name": "free", "group": "default", "windows": windows}),
+            )
+            .await;
+        let (_, alice) = h.user_session("planner@example.com", "5.00").await;
+        let start = balance(&h, &alice).await;
+
+        // Refused: an unpriced plan, a provider in another currency, both amount and plan.
+        for (body, field) in [
+            (
+                json!({"provider": "stripe", "plan_id": free["id"]}),
+                "plan_id",
+            ),
+            (
+                json!({"provider": "easypay", "plan_id": plan_id}),
+                "provider",
+            ),
+            (
+                json!({"provider": "stripe", "plan_id": plan_id, "amount": 1500}),
+                "plan_id",
+            ),
+            (json!({"provider": "stripe", "plan_id": 999_999}), "plan_id"),
+        ] {
+            let a = h
+                .call(
+                    "POST",
+                    "/api/v1/payments/orders",
+                    Some(&alice),
+                    body.clone(),
+                )
+                .await;
+            assert_eq!(a.status, 400, "{setup:?} {body}: {}", a.text);
+            assert_eq!(a.field(), Some(field), "{setup:?} {body}: {}", a.text);
+        }
+
+        let mut expected_expiry = None;
+        for purchase in 0..2 {
+            let t0 = sub2api_core::account_provider::now_ms();
+            let a = h
+                .call(
+                    "POST",
+                    "/api/v1/payments/orders",
+                    Some(&alice),
+                    json!({"provider": "stripe", "plan_id": plan_id}),
+                )
+                .await;
+            assert_eq!(a.status, 201, "{setup:?}: {}", a.text);
+            assert_eq!(a.body["amount"], 1500, "{}", a.text);
+            assert_eq!(a.body["plan_id"], plan_id, "{}", a.text);
+            assert_eq!(usd(a.body["credit_usd"].as_str().unwrap()), Money::ZERO);
+            let id = a.body["id"].as_i64().unwrap();
+            let out = a.body["out_trade_no"].as_str().unwrap().to_owned();
+            assert_eq!(m.stripe.order(&out).map(|o| o.0), Some(1500));
+
+            let genuine = m.stripe.notification(&out);
+            for i in 0..3 {
+                let (status, text) = deliver(&h, P::Stripe, &genuine).await;
+                assert_eq!(
+                    (status, text.as_str()),
+                    P::Stripe.ack(),
+                    "{setup:?} delivery {i}"
+                );
+            }
+            let t1 = sub2api_core::account_provider::now_ms();
+            let o = order(&h, &alice, id).await;
+            assert_eq!(o["status"], "COMPLETED", "{o}");
+            assert_eq!(o["provider_trade_no"], MockStripe::trade_no(&out), "{o}");
+
+            let subs = h
+                .user_ok(&alice, "GET", "/api/v1/subscriptions", Value::Null)
+                .await;
+            let items = subs["items"].as_array().unwrap();
+            assert_eq!(items.len(), 1, "{setup:?} one subscription: {subs}");
+            assert_eq!(items[0]["plan_id"], plan_id, "{subs}");
+            assert_eq!(items[0]["status"], "active", "{subs}");
+            let expires =
+                sub2api_core::api::schema::parse_time_str(items[0]["expires_at"].as_str().unwrap())
+                    .unwrap();
+            match expected_expiry {
+                // The first purchase starts the subscription now, for the plan's 7 days.
+                None => assert!(
+                    (t0 + 7 * DAY_MS..=t1 + 7 * DAY_MS).contains(&expires),
+                    "{setup:?} expiry {expires} not 7 days after [{t0}, {t1}]"
+                ),
+                // The second extends it by exactly 7 days more.
+                Some(e) => assert_eq!(expires, e + 7 * DAY_MS, "{setup:?} extended once"),
+            }
+            expected_expiry = Some(expires);
+            assert_eq!(
+                balance(&h, &alice).await,
+                start,
+                "{setup:?} purchase {purchase}: the wallet is not credited"
+            );
+        }
+        h.stop().await;
+    }
+}

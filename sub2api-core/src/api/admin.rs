@@ -757,6 +757,8 @@ pub(crate) async fn create_group(ctx: Ctx, req: Req) -> Result<Reply, ApiError> 
                 group_id: group.id,
                 duration_days: days,
                 windows,
+                price_minor: None,
+                currency: None,
             })
             .await?;
     }
@@ -819,6 +821,8 @@ pub(crate) async fn update_group(ctx: Ctx, req: Req) -> Result<Reply, ApiError> 
                 group_id: id,
                 duration_days: days,
                 windows,
+                price_minor: existing.and_then(|p| p.price_minor),
+                currency: existing.and_then(|p| p.currency.clone()),
             })
             .await?;
     }
@@ -901,6 +905,26 @@ pub(crate) async fn create_plan(ctx: Ctx, req: Req) -> Result<Reply, ApiError> {
     {
         return Err(ApiError::conflict(format!("a plan named `{name}` exists")));
     }
+    let price_minor = b.i64("price_minor");
+    let currency = b.str("currency").map(|c| c.trim().to_ascii_uppercase());
+    match (price_minor, &currency) {
+        (Some(_), None) => {
+            return Err(ApiError::field(
+                "currency",
+                "is required with `price_minor`",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ApiError::field(
+                "price_minor",
+                "is required with `currency`",
+            ));
+        }
+        (_, Some(c)) if c.len() != 3 || !c.bytes().all(|x| x.is_ascii_alphabetic()) => {
+            return Err(ApiError::field("currency", "a three-letter ISO 4217 code"));
+        }
+        _ => {}
+    }
     let plan = ctx
         .store()
         .upsert_plan(NewPlanRecord {
@@ -908,6 +932,8 @@ pub(crate) async fn create_plan(ctx: Ctx, req: Req) -> Result<Reply, ApiError> {
             group_id: group.id,
             duration_days: b.i64("duration_days").unwrap_or(30),
             windows,
+            price_minor,
+            currency,
         })
         .await?;
     Ok(Reply::ok(views::plan(&plan)))

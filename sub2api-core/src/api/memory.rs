@@ -43,6 +43,8 @@ pub(crate) struct ApiState {
     settings: BTreeMap<String, String>,
     plans: Vec<PlanRecord>,
     subscriptions: Vec<SubscriptionRecord>,
+    /// Plan grants already made, by key (a paid order), to the subscription they went to.
+    plan_grants: HashMap<String, i64>,
     codes: BTreeMap<String, RedeemCodeRecord>,
     orders: Vec<OrderView>,
     quota_holds: HashMap<String, (KeyId, Money)>,
@@ -504,6 +506,8 @@ impl AdminStore for MemoryDirectory {
             p.group_id = plan.group_id;
             p.duration_days = plan.duration_days;
             p.windows = plan.windows;
+            p.price_minor = plan.price_minor;
+            p.currency = plan.currency;
             return Ok(p.clone());
         }
         let p = PlanRecord {
@@ -513,6 +517,8 @@ impl AdminStore for MemoryDirectory {
             duration_days: plan.duration_days,
             windows: plan.windows,
             enabled: true,
+            price_minor: plan.price_minor,
+            currency: plan.currency,
         };
         s.api.plans.push(p.clone());
         Ok(p)
@@ -546,6 +552,63 @@ impl AdminStore for MemoryDirectory {
             revoked: false,
         };
         s.api.subscriptions.push(sub.clone());
+        Ok(sub)
+    }
+
+    async fn grant_plan_once(
+        &self,
+        user: UserId,
+        plan: i64,
+        days: i64,
+        grant_key: &str,
+    ) -> Result<SubscriptionRecord, StoreError> {
+        let now = now();
+        let mut s = self.state.lock().unwrap();
+        if let Some(id) = s.api.plan_grants.get(grant_key).copied() {
+            return s
+                .api
+                .subscriptions
+                .iter()
+                .find(|x| x.id == id)
+                .cloned()
+                .ok_or_else(|| StoreError::NotFound(format!("subscription {id}")));
+        }
+        let group_id = s
+            .api
+            .plans
+            .iter()
+            .find(|p| p.id == plan)
+            .map(|p| p.group_id)
+            .ok_or_else(|| StoreError::NotFound(format!("plan {plan}")))?;
+        let span = days.saturating_mul(DAY_MS);
+        let current = s
+            .api
+            .subscriptions
+            .iter_mut()
+            .filter(|x| {
+                x.user_id == user && x.plan_id == plan && !x.revoked && x.expires_at_ms > now
+            })
+            .max_by_key(|x| (x.expires_at_ms, x.id));
+        let sub = match current {
+            Some(x) => {
+                x.expires_at_ms = x.expires_at_ms.saturating_add(span);
+                x.clone()
+            }
+            None => {
+                let sub = SubscriptionRecord {
+                    id: s.api.subscriptions.iter().map(|x| x.id).max().unwrap_or(0) + 1,
+                    user_id: user,
+                    plan_id: plan,
+                    group_id,
+                    starts_at_ms: now,
+                    expires_at_ms: now.saturating_add(span),
+                    revoked: false,
+                };
+                s.api.subscriptions.push(sub.clone());
+                sub
+            }
+        };
+        s.api.plan_grants.insert(grant_key.to_owned(), sub.id);
         Ok(sub)
     }
 

@@ -10,7 +10,8 @@ use super::routes::{list_of, route};
 use super::schema::{Field, STR, Ty, opt, out, req};
 use super::{Access, ApiError, ApiRoute, Ctx, Reply, Req};
 use crate::payment::OrderStatus;
-use crate::payment::service::{CreatedOrder, OrderFilter, PayFailure, StoredOrder};
+use crate::payment::service::{CreatedOrder, OrderFilter, PayFailure, PlanFulfiller, StoredOrder};
+use crate::store::StoreError;
 
 macro_rules! fields {
     ($($f:expr),* $(,)?) => {{
@@ -45,7 +46,7 @@ pub(super) fn routes() -> Vec<ApiRoute> {
             "/api/v1/payments/orders",
             User,
             "payments",
-            "Create a top-up order",
+            "Create a top-up or plan order",
             h!(create),
         )
         .body(fields![
@@ -54,13 +55,18 @@ pub(super) fn routes() -> Vec<ApiRoute> {
                 STR,
                 "stripe, alipay, wechat or easypay (as configured)"
             ),
-            req(
+            opt(
                 "amount",
                 Ty::Int {
                     min: 1,
                     max: i64::MAX
                 },
-                "in the provider currency's minor unit (cents, fen)"
+                "a top-up, in the provider currency's minor unit (cents, fen)"
+            ),
+            opt(
+                "plan_id",
+                Ty::Id,
+                "buy this subscription plan at its price instead (not with `amount`)"
             ),
         ])
         .returns(created_schema)
@@ -253,6 +259,37 @@ fn created_json(c: &CreatedOrder) -> Value {
     v
 }
 
+/// Fulfils plan orders through an [`super::AdminStore`]: grants the plan's duration once per
+/// order (keyed by its `out_trade_no`), extending an unexpired subscription of the same plan.
+pub struct AdminPlans(pub std::sync::Arc<dyn super::AdminStore>);
+
+#[async_trait::async_trait]
+impl PlanFulfiller for AdminPlans {
+    async fn fulfil_plan(
+        &self,
+        user: crate::domain::UserId,
+        plan_id: i64,
+        order: &StoredOrder,
+    ) -> Result<(), StoreError> {
+        let plan = self
+            .0
+            .plan_records()
+            .await?
+            .into_iter()
+            .find(|p| p.id == plan_id)
+            .ok_or_else(|| StoreError::NotFound(format!("plan {plan_id}")))?;
+        self.0
+            .grant_plan_once(
+                user,
+                plan_id,
+                plan.duration_days,
+                &format!("order:{}", order.out_trade_no),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
 fn payments(ctx: &Ctx) -> Result<crate::payment::Payments, ApiError> {
     ctx.api.config().payments.clone().ok_or_else(|| {
         ApiError::new(
@@ -286,11 +323,39 @@ async fn create(ctx: Ctx, req: Req) -> Result<Reply, ApiError> {
             format!("`{provider}` is not configured"),
         ));
     }
-    let amount = req
-        .body
-        .i64("amount")
-        .ok_or_else(|| ApiError::field("amount", "required"))?;
-    let c = p.create_order(me, &provider, amount, None).await?;
+    let c = match (req.body.i64("amount"), req.body.i64("plan_id")) {
+        (Some(amount), None) => p.create_order(me, &provider, amount, None).await?,
+        (None, Some(plan_id)) => {
+            let plan = ctx
+                .store()
+                .plan_records()
+                .await?
+                .into_iter()
+                .find(|x| x.id == plan_id && x.enabled)
+                .ok_or_else(|| ApiError::field("plan_id", "no such plan"))?;
+            let (Some(price), Some(currency)) = (plan.price_minor, plan.currency.as_deref()) else {
+                return Err(ApiError::field("plan_id", "this plan is not for sale"));
+            };
+            let want = p
+                .provider(&provider)
+                .map(|x| x.currency.as_str())
+                .unwrap_or("");
+            if !currency.eq_ignore_ascii_case(want) {
+                return Err(ApiError::field(
+                    "provider",
+                    format!("`{provider}` takes {want}, the plan is priced in {currency}"),
+                ));
+            }
+            p.create_order(me, &provider, price, Some(plan.id)).await?
+        }
+        (Some(_), Some(_)) => {
+            return Err(ApiError::field(
+                "plan_id",
+                "give `amount` or `plan_id`, not both",
+            ));
+        }
+        (None, None) => return Err(ApiError::field("amount", "give `amount` or `plan_id`")),
+    };
     Ok(Reply {
         status: StatusCode::CREATED,
         body: created_json(&c),

@@ -809,6 +809,15 @@ fn core_routes() -> Vec<ApiRoute> {
                 "how long one subscription lasts (default 30)"
             ),
             req("windows", Ty::ObjList { max: 8 }, WINDOWS_DOC),
+            opt(
+                "price_minor",
+                Ty::Int {
+                    min: 1,
+                    max: i64::MAX
+                },
+                "price of one purchase in `currency`'s minor unit (omit: not for sale)"
+            ),
+            opt("currency", STR, "the price's currency (with `price_minor`)"),
         ])
         .returns(views::plan_schema)
         .created(),

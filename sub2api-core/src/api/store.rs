@@ -124,6 +124,11 @@ pub struct PlanRecord {
     pub duration_days: i64,
     pub windows: Vec<WindowSpec>,
     pub enabled: bool,
+    /// What one purchase costs, in `currency`'s minor unit; `None`: not for sale.
+    #[serde(default)]
+    pub price_minor: Option<i64>,
+    #[serde(default)]
+    pub currency: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,6 +137,9 @@ pub struct NewPlanRecord {
     pub group_id: GroupId,
     pub duration_days: i64,
     pub windows: Vec<WindowSpec>,
+    /// Set together with `currency`, or neither (the plan cannot be bought).
+    pub price_minor: Option<i64>,
+    pub currency: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -336,6 +344,16 @@ pub trait AdminStore: Directory {
         plan: i64,
         starts_at_ms: i64,
         expires_at_ms: i64,
+    ) -> Result<SubscriptionRecord, StoreError>;
+    /// Gives `user` `days` of a plan once per `grant_key` (a paid order): extends the user's
+    /// latest unexpired subscription of the plan, or starts one now. A key already granted changes
+    /// nothing and returns the subscription it granted.
+    async fn grant_plan_once(
+        &self,
+        user: UserId,
+        plan: i64,
+        days: i64,
+        grant_key: &str,
     ) -> Result<SubscriptionRecord, StoreError>;
     async fn subscription_record(&self, id: i64) -> Result<Option<SubscriptionRecord>, StoreError>;
     async fn subscription_records(

@@ -212,6 +212,8 @@ pub fn plan(p: &PlanRecord) -> Value {
         "duration_days": p.duration_days,
         "windows": p.windows.iter().map(window).collect::<Vec<_>>(),
         "enabled": p.enabled,
+        "price_minor": p.price_minor,
+        "currency": p.currency,
     })
 }
 
@@ -223,6 +225,8 @@ pub fn plan_schema() -> Value {
         ("duration_days", out::int()),
         ("windows", out::array(window_schema())),
         ("enabled", out::boolean()),
+        ("price_minor", out::nullable_int()),
+        ("currency", out::nullable_string()),
     ])
 }
 

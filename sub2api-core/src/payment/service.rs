@@ -368,6 +368,8 @@ pub struct CreatedOrder {
 }
 
 /// Fulfils a paid plan order (assigns or extends the subscription). Credited orders need none.
+/// Must be idempotent by the order: called again for the same order (a repeated notification, a
+/// retry after a crash) it grants nothing more.
 #[async_trait]
 pub trait PlanFulfiller: Send + Sync + 'static {
     async fn fulfil_plan(
@@ -582,6 +584,9 @@ impl Payments {
                 c.max_pending_per_user
             )));
         }
+        if plan_id.is_some() && self.inner.plans.is_none() {
+            return Err(PayFailure::Invalid("plan orders are not enabled".into()));
+        }
         let credit = if plan_id.is_some() {
             Money::ZERO
         } else {
@@ -609,7 +614,10 @@ impl Payments {
             amount_minor,
             currency: p.currency.clone(),
             credit,
-            subject: format!("Balance top-up {out_trade_no}"),
+            subject: match plan_id {
+                Some(plan) => format!("Subscription plan {plan} ({out_trade_no})"),
+                None => format!("Balance top-up {out_trade_no}"),
+            },
             notify_url: self.notify_url(provider),
             return_url: c.public_base_url.clone(),
         };
@@ -815,21 +823,10 @@ impl Payments {
                     .plans
                     .as_ref()
                     .ok_or_else(|| PayFailure::Invalid("plan orders are not enabled".into()))?;
-                // Assigning twice would extend twice: only the winner of PAID -> COMPLETED assigns.
-                if self
-                    .inner
-                    .store
-                    .transition_payment_order(
-                        &order.out_trade_no,
-                        OrderStatus::Paid,
-                        OrderStatus::Completed,
-                        None,
-                    )
-                    .await?
-                {
-                    plans.fulfil_plan(order.user_id, plan, order).await?;
-                }
-                return Ok(());
+                // The grant is idempotent by the order (assigning twice would extend twice), so it
+                // runs before PAID -> COMPLETED: a handler dying in between leaves a PAID order whose
+                // retry grants nothing more.
+                plans.fulfil_plan(order.user_id, plan, order).await?;
             }
             None => {
                 self.inner
