@@ -103,7 +103,7 @@ impl ApiHarness {
                 let app = sub2api_axum::api::app(&booted.relay, api.clone());
                 let server = tokio::spawn(async move {
                     axum::serve(
-                        listener,
+                        sub2api_axum::no_delay(listener),
                         app.into_make_service_with_connect_info::<SocketAddr>(),
                     )
                     .with_graceful_shutdown(async move {

@@ -135,7 +135,7 @@ impl Harness {
             Adapter::Axum => {
                 let router = sub2api_axum::router(&booted.relay);
                 let server = tokio::spawn(async move {
-                    axum::serve(listener, router)
+                    axum::serve(sub2api_axum::no_delay(listener), router)
                         .with_graceful_shutdown(async move {
                             let _ = stopped.await;
                         })

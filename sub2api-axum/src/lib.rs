@@ -37,6 +37,20 @@ pub fn router(relay: &Relay) -> Router {
     router
 }
 
+/// A listener whose accepted sockets have `TCP_NODELAY` set. `axum::serve` leaves Nagle's
+/// algorithm on, and then every small SSE event can sit ~40 ms waiting for the peer's delayed ACK:
+/// a relay must never add that to a stream (the benchmark measured it).
+pub type NoDelayListener = axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)>;
+
+/// Wraps a bound listener so every accepted connection has `TCP_NODELAY`.
+pub fn no_delay(listener: tokio::net::TcpListener) -> NoDelayListener {
+    use axum::serve::ListenerExt;
+    fn set(stream: &mut tokio::net::TcpStream) {
+        let _ = stream.set_nodelay(true);
+    }
+    listener.tap_io(set as fn(&mut tokio::net::TcpStream))
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves, then waits for open responses to
 /// finish and for the relay's drains and settlements to commit.
 pub async fn serve(
@@ -45,7 +59,7 @@ pub async fn serve(
     relay: Relay,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+    axum::serve(no_delay(listener), router).with_graceful_shutdown(shutdown).await?;
     relay.shutdown().await;
     Ok(())
 }

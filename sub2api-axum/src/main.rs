@@ -185,7 +185,7 @@ async fn run(booted: Booted) -> Result<(), String> {
     println!("sub2api listening on http://{addr}");
     // Relay routes and the admin/user API; ConnectInfo gives key IP allowlists the client address.
     let router = sub2api_axum::api::app(&booted.relay, booted.api.clone());
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+    axum::serve(sub2api_axum::no_delay(listener), router.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| e.to_string())?;

@@ -145,7 +145,7 @@ impl MockVendor {
         let oauth = OAuthMock::default();
         let app = router_with(state.clone(), oauth.clone());
         let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
+            let served = axum::serve(crate::no_delay(listener), app)
                 .with_graceful_shutdown(async move {
                     let _ = stopped.await;
                 })
@@ -228,7 +228,7 @@ pub async fn serve_standalone(addr: SocketAddr) -> std::io::Result<()> {
     let base_url = format!("http://{}", listener.local_addr()?);
     tracing::info!(%base_url, "mock Anthropic vendor listening (ctrl-c to stop)");
     let app = router(MockState::with_record_capacity(STANDALONE_RECORDS));
-    axum::serve(listener, app)
+    axum::serve(crate::no_delay(listener), app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

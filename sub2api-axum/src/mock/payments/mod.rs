@@ -190,7 +190,7 @@ impl Served {
         let addr = listener.local_addr().expect("bound address");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
+            let _ = axum::serve(crate::no_delay(listener), app)
                 .with_graceful_shutdown(async move {
                     let _ = stopped.await;
                 })
