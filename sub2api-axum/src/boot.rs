@@ -28,6 +28,8 @@ pub enum BootError {
     Database(String),
     #[error("master key: {0}")]
     MasterKey(String),
+    #[error("redis: {0}")]
+    Redis(String),
 }
 
 /// A relay ready to serve, and what must be closed after it.
@@ -41,12 +43,17 @@ pub struct Booted {
     pub store: Option<SqlStore>,
     pub seed: SeedReport,
     pub config: Config,
+    /// The shared scheduler state, when `SUB2API_REDIS_URL` is set.
+    pub cluster: Option<sub2api_redis::RedisCluster>,
 }
 
 impl Booted {
     /// Waits for drains and settlements, flushes the usage log and closes the database.
     pub async fn shutdown(&self) {
         self.relay.shutdown().await;
+        if let Some(cluster) = &self.cluster {
+            cluster.shutdown().await;
+        }
         if let Some(store) = &self.store {
             store.close().await;
         }
@@ -132,29 +139,53 @@ pub async fn boot_with(config: Config, master: Option<MasterKey>) -> Result<Boot
     let ledger = QuotaLedger::wrap(ledger, directory.clone());
     // OAuth accounts renew their tokens through the `[oauth]` endpoints (single-flight per account).
     let token_client = sub2api_core::oauth::TokenClient::new(config.oauth.clone(), Default::default());
-    let accounts = Arc::new(
-        MemoryAccountProvider::from_directory(directory.clone())
-            .await
-            .map_err(ConfigError::from)?
-            .with_oauth(token_client),
-    );
-    let scheduler = Arc::new(MemoryScheduler::with_config(
-        accounts.clone(),
-        SchedulerConfig {
-            sticky_ttl: Duration::from_secs(config.relay.sticky_ttl_secs),
-            queue_wait: Duration::from_secs(config.relay.queue_wait_secs),
-            ..Default::default()
-        },
-    ));
+    let scheduler_config = SchedulerConfig {
+        sticky_ttl: Duration::from_secs(config.relay.sticky_ttl_secs),
+        queue_wait: Duration::from_secs(config.relay.queue_wait_secs),
+        ..Default::default()
+    };
+    let local_accounts = MemoryAccountProvider::from_directory(directory.clone())
+        .await
+        .map_err(ConfigError::from)?
+        .with_oauth(token_client);
+    // With Redis, sticky sessions, leases, cooldowns and the OAuth refresh lock are shared by every
+    // node; without it they stay in process.
+    let (accounts, scheduler, pool, cluster): (
+        Arc<dyn sub2api_core::AccountProvider>,
+        Arc<dyn sub2api_core::Scheduler>,
+        Arc<dyn PoolControl>,
+        Option<sub2api_redis::RedisCluster>,
+    ) = match &config.redis_url {
+        Some(url) => {
+            let opts = sub2api_redis::RedisOptions { scheduler: scheduler_config, ..Default::default() };
+            let hub = sub2api_redis::Hub::connect(url, opts).await.map_err(|e| BootError::Redis(e.to_string()))?;
+            let local = Arc::new(local_accounts.with_refresh_lock(Arc::new(sub2api_redis::RedisRefreshLock::new(hub.clone()))));
+            let cluster = sub2api_redis::RedisCluster::new(hub, local).await.map_err(|e| BootError::Redis(e.to_string()))?;
+            tracing::info!("scheduler state shared through Redis");
+            (cluster.accounts.clone(), cluster.scheduler.clone(), cluster.accounts.clone(), Some(cluster))
+        }
+        None => {
+            let local = Arc::new(local_accounts);
+            let scheduler = Arc::new(MemoryScheduler::with_config(local.clone(), scheduler_config));
+            (local.clone(), scheduler, local, None)
+        }
+    };
     // The price table can be replaced over the API; a replaced one outlives restarts.
     let live = Arc::new(LiveMeter::new(prices.clone(), config.relay.hold_policy()));
     if let Some(stored) = sub2api_core::api::setup::stored_prices(admin.as_ref()).await.map_err(ConfigError::from)? {
         live.replace(stored);
     }
     let meter: Arc<dyn sub2api_core::meter::Meter> = live.clone();
-    let pool: Arc<dyn PoolControl> = accounts.clone();
     let parts = RelayParts { directory, accounts, scheduler, ledger, usage_log, prices, meter };
     let relay = Relay::new(parts, config.relay.relay_config());
+    if let Some(cluster) = &cluster {
+        // A key disabled on one node is forgotten by every node's cache at once.
+        let cache = relay.key_cache().clone();
+        cluster.hub.on_key_invalidation(move |i| match i {
+            sub2api_redis::KeyInvalidation::Key(h) => cache.invalidate(&h),
+            sub2api_redis::KeyInvalidation::All => cache.clear(),
+        });
+    }
     let admin_key = sub2api_core::api::setup::admin_key(admin.as_ref(), config.admin_key.as_deref())
         .await
         .map_err(ConfigError::from)?;
@@ -180,5 +211,5 @@ pub async fn boot_with(config: Config, master: Option<MasterKey>) -> Result<Boot
         sub2api_core::api::setup::parts(&relay, admin, Some(pool), Some(live)),
         ApiConfig { admin_key_sha256: Some(admin_key.sha256), payments, ..api_config },
     );
-    Ok(Booted { relay, api, generated_admin_key: admin_key.generated, store, seed, config })
+    Ok(Booted { relay, api, generated_admin_key: admin_key.generated, store, seed, config, cluster })
 }

@@ -242,15 +242,7 @@ async fn main() {
     let cluster = sub2api_redis::connect(&args.redis, redis_accounts, RedisOptions { prefix, ..Default::default() })
         .await
         .expect("redis reachable");
-    let redis_relay = match std::env::var("BENCH_MIX").as_deref() {
-        Ok("sched") => {
-            let acc = Arc::new(MemoryAccountProvider::from_directory(dir.clone()).await.unwrap());
-            let s = Arc::new(sub2api_redis::RedisScheduler::new(cluster.hub.clone(), acc.clone()));
-            relay_for(acc, s)
-        }
-        Ok("provider") => relay_for(cluster.accounts.clone(), Arc::new(MemoryScheduler::new(cluster.accounts.clone()))),
-        _ => relay_for(cluster.accounts.clone(), cluster.scheduler.clone()),
-    };
+    let redis_relay = relay_for(cluster.accounts.clone(), cluster.scheduler.clone());
     let variants = [
         ("in-process", serve(sub2api_axum::router(&memory), args.nagle).await),
         ("redis", serve(sub2api_axum::router(&redis_relay), args.nagle).await),

@@ -30,14 +30,25 @@ fn cpu_secs() -> f64 {
     (tick(11) + tick(12)) / 100.0
 }
 
-async fn run(scheduler: Arc<dyn Scheduler>, label: &str, concurrency: usize, dur: Duration) {
+/// User + system CPU of the Redis server, in seconds.
+async fn redis_cpu(url: &str) -> f64 {
+    let Ok(client) = redis::Client::open(url) else { return 0.0 };
+    let Ok(mut c) = client.get_multiplexed_async_connection().await else { return 0.0 };
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(&mut c).await.unwrap_or_default();
+    info.lines()
+        .filter(|l| l.starts_with("used_cpu_user:") || l.starts_with("used_cpu_sys:"))
+        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
+        .sum()
+}
+
+async fn run(scheduler: Arc<dyn Scheduler>, label: &str, concurrency: usize, dur: Duration, redis: &str) {
     let group: Group = serde_json::from_value(serde_json::json!({
         "id": 1, "name": "g", "platform": "anthropic", "rate_multiplier": "1",
     }))
     .unwrap();
     let group = Arc::new(group);
     let end = Instant::now() + dur;
-    let cpu = cpu_secs();
+    let (cpu, rcpu) = (cpu_secs(), redis_cpu(redis).await);
     let mut tasks = Vec::new();
     for w in 0..concurrency {
         let (s, g) = (scheduler.clone(), group.clone());
@@ -59,8 +70,9 @@ async fn run(scheduler: Arc<dyn Scheduler>, label: &str, concurrency: usize, dur
     for t in tasks {
         n += t.await.unwrap();
     }
-    let cpu = cpu_secs() - cpu;
-    println!("| {label} | {:.0} | {:.1} |", n as f64 / dur.as_secs_f64(), cpu * 1e6 / n.max(1) as f64);
+    let (cpu, rcpu) = (cpu_secs() - cpu, redis_cpu(redis).await - rcpu);
+    let n = n.max(1) as f64;
+    println!("| {label} | {:.0} | {:.1} | {:.1} |", n / dur.as_secs_f64(), cpu * 1e6 / n, rcpu * 1e6 / n);
 }
 
 #[tokio::main]
@@ -78,14 +90,14 @@ async fn main() {
     let dur = Duration::from_secs(secs);
     let pool = || Arc::new(MemoryAccountProvider::new((1..=4).map(account).collect()));
     println!("c={concurrency} secs={secs} pool=4x32, sticky sessions");
-    println!("| scheduler | select+release / s | process CPU µs per cycle |");
-    println!("|---|---:|---:|");
+    println!("| scheduler | select+release / s | process CPU µs per cycle | Redis CPU µs per cycle |");
+    println!("|---|---:|---:|---:|");
     let accounts = pool();
-    run(Arc::new(MemoryScheduler::new(accounts)), "in-process", concurrency, dur).await;
+    run(Arc::new(MemoryScheduler::new(accounts)), "in-process", concurrency, dur, &redis).await;
     let prefix = format!("selbench{:08x}", rand::random::<u32>());
     let options = sub2api_redis::RedisOptions { prefix, ..Default::default() };
     let cluster = sub2api_redis::connect(&redis, pool(), options).await.expect("redis reachable");
-    run(cluster.scheduler.clone(), "redis", concurrency, dur).await;
+    run(cluster.scheduler.clone(), "redis", concurrency, dur, &redis).await;
     cluster.hub.flush().await;
     let _ = cluster.hub.purge().await;
 }

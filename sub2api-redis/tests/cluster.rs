@@ -59,6 +59,7 @@ async fn an_account_with_concurrency_two_never_has_more_than_two_upstream_across
     let a = a.stop().await;
     b.stop().await;
     assert_eq!(a.cluster.scheduler.in_use(id).await.unwrap(), 0, "every lease released");
+    a.cluster.hub.purge().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,7 +96,7 @@ async fn a_429_seen_by_one_node_parks_the_account_for_the_other() {
         other => panic!("{other:?}"),
     }
     a.stop().await;
-    b.stop().await;
+    b.stop().await.cluster.hub.purge().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,7 +121,7 @@ async fn a_session_alternating_between_nodes_stays_on_one_account() {
     let used = names.iter().filter(|(n, _, _)| vendor.count(&mock_key(n)) > 0).count();
     assert!(used >= 2, "distinct sessions use more than one account");
     a.stop().await;
-    b.stop().await;
+    b.stop().await.cluster.hub.purge().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,6 +170,7 @@ async fn one_balance_spent_from_both_nodes_at_once_never_goes_negative_and_sums_
     assert_eq!(records.len(), ok, "one usage row per served request");
     assert!(ok >= 3, "at least three were served (got {ok})");
     assert_eq!(vendor.total().requests as usize, ok, "nothing refused went upstream");
+    b.cluster.hub.purge().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,7 +211,7 @@ async fn a_killed_nodes_leases_free_themselves_within_the_lease_ttl() {
     drop(lease);
     let freed = eventually(ttl * 2, async || survivor.cluster.scheduler.in_use(id).await.unwrap() == 0).await;
     assert!(freed.is_some(), "the dead node's second lease expired too");
-    survivor.stop().await;
+    survivor.stop().await.cluster.hub.purge().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,5 +240,5 @@ async fn a_pool_with_every_slot_parked_answers_no_account_and_a_cleared_account_
     let (status, text, _) = b.send(&body("claude-sonnet-4-5", 32, false)).await;
     assert_eq!(status, 200, "{text}");
     a.stop().await;
-    b.stop().await;
+    b.stop().await.cluster.hub.purge().await.unwrap();
 }

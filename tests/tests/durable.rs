@@ -72,3 +72,35 @@ async fn concurrent_requests_against_one_durable_balance_never_overdraw() {
         h.stop().await;
     }
 }
+
+/// `SUB2API_REDIS_URL` (here `redis_url`) switches the binary's boot to the shared scheduler:
+/// two relays over one database and one Redis keep a session on one account and bill exactly.
+#[tokio::test]
+async fn two_relays_booted_with_redis_share_sessions_and_one_balance() {
+    let db = TestDb::new(Storage::Sqlite).await;
+    let vendor = MockVendor::start().await;
+    let mut config = config_for(&Spec { database_url: db.url.clone(), ..Spec::default() }, &vendor.base_url());
+    config.redis_url = Some(std::env::var("SUB2API_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()));
+    config.relay.sticky_ttl_secs = 60;
+    let a = Harness::start_with_config(Adapter::Axum, config.clone(), vendor).await;
+    assert!(a.booted.cluster.is_some(), "redis_url selects the Redis scheduler");
+    let b = Harness::start_with_config(Adapter::Axum, config, MockVendor::start().await).await;
+    let session = format!("redis-e2e-{}", uuid::Uuid::new_v4());
+    for i in 0..6 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let res = node.messages(&session_body(&session, i % 3 == 0)).await;
+        assert_eq!(res.status(), 200);
+        let _ = res.bytes().await;
+    }
+    // Both nodes forwarded to accounts on the first vendor (node b's accounts point there too).
+    let keys: std::collections::HashSet<_> = a.vendor.requests().iter().map(|r| r.api_key.clone()).collect();
+    assert_eq!(keys.len(), 1, "the session stayed on one account across nodes: {keys:?}");
+    assert_eq!(a.vendor.request_count(), 6);
+    b.usage_records().await; // flushes node b's batched usage rows into the shared database
+    let recs = a.usage_records().await;
+    let sum = recs.iter().fold(Money::ZERO, |s, r| s.checked_add(r.cost).unwrap());
+    assert_eq!(recs.len(), 6);
+    assert_eq!(Money::usd(10).checked_sub(sum).unwrap(), a.balance().await.total);
+    b.stop().await;
+    a.stop().await;
+}
