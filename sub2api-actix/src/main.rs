@@ -56,7 +56,12 @@ async fn serve(cli: Cli) -> Result<(), String> {
     let listen = booted.config.listen().to_owned();
     let listener = std::net::TcpListener::bind(&listen)
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let server = sub2api_actix::spawn(booted.relay.clone(), listener).map_err(|e| e.to_string())?;
+    if let Some(key) = &booted.generated_admin_key {
+        // Shown once: only its hash is stored.
+        println!("generated admin key: {}", key.expose());
+    }
+    // Relay routes and the admin/user API, as `sub2api serve` mounts them.
+    let server = sub2api_actix::api::spawn(booted.relay.clone(), booted.api.clone(), listener).map_err(|e| e.to_string())?;
     println!("sub2api-actix listening on http://{}", server.addr());
     shutdown_signal().await;
     tracing::info!("shutting down: draining open responses");

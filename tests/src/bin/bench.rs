@@ -70,6 +70,8 @@ pub struct Opts {
     sections: Sections,
     /// Leave Nagle's algorithm on in every server (see `net.rs`).
     nagle: bool,
+    /// Users (each with a key and a wallet) the relays are seeded with; workers spread over them.
+    users: usize,
 }
 
 impl Opts {
@@ -91,6 +93,7 @@ impl Opts {
                 memory: true,
             },
             nagle: false,
+            users: 1,
         };
         let mut secs_given = false;
         let mut rounds_given = false;
@@ -105,6 +108,7 @@ impl Opts {
             match a.as_str() {
                 "--quick" => quick = true,
                 "--nagle" => o.nagle = true,
+                "--users" => o.users = num(it.next(), "--users")? as usize,
                 "--secs" => {
                     o.secs = num(it.next(), "--secs")?;
                     secs_given = true;
@@ -169,7 +173,7 @@ impl Opts {
 }
 
 const USAGE: &str = "usage: bench [--quick] [--secs S] [--warmup S] [--rounds 3] [--conc 1,16,64] [--ledger-conc 64] \
-[--streams 1000] [--event-delay-ms 500] [--pg URL] [--sections core,ledger,memory] [--nagle] [--out FILE]";
+[--streams 1000] [--event-delay-ms 500] [--pg URL] [--sections core,ledger,memory] [--nagle] [--users 1] [--out FILE]";
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -210,7 +214,19 @@ async fn run(opts: Opts, args: &[String]) -> Result<(), String> {
         if opts.nagle {
             args.push("--nagle".to_owned());
         }
-        async move { Server::spawn(&name, &args).await }
+        let users = if kind == "relay" {
+            opts.users.max(1)
+        } else {
+            1
+        };
+        if users > 1 {
+            args.extend(["--users".to_owned(), users.to_string()]);
+        }
+        async move {
+            let mut server = Server::spawn(&name, &args).await?;
+            server.users = users;
+            Ok::<_, String>(server)
+        }
     };
     let client = Upstream::default_client();
     let cell = Duration::from_secs_f64(opts.secs);

@@ -7,7 +7,8 @@
 //!
 //! - `--child relay --vendor URL --db memory|sqlite://…|postgres://…`: the full relay, booted
 //!   through `sub2api_axum::boot` exactly as the end-to-end tests do (4 accounts at the mock,
-//!   a user with 1,000,000 USD, billing on), served by `sub2api_axum::router`.
+//!   a user with 1,000,000 USD, billing on), served by `sub2api_axum::router`. `--users N` seeds
+//!   N such users, each with its own key.
 //! - `--child proxy --vendor URL`: a bare pass-through on the same stack (axum + the relay's
 //!   pooled reqwest client): the same header whitelist, body read whole, response body streamed
 //!   back; no auth, no scheduling, no metering, no ledger. The floor the relay is compared to.
@@ -77,7 +78,9 @@ pub fn main(args: &[String]) -> ExitCode {
     let result = rt.block_on(async {
         let app = match kind {
             Some("relay") => {
-                relay_app(&vendor, &flag("--db").unwrap_or_else(|| "memory".into())).await?
+                let db = flag("--db").unwrap_or_else(|| "memory".into());
+                let users = flag("--users").and_then(|n| n.parse().ok()).unwrap_or(1);
+                relay_app(&vendor, &db, users).await?
             }
             Some("proxy") => proxy_app(&vendor),
             _ => return Err("bench child: relay, proxy or mock".to_owned()),
@@ -116,7 +119,7 @@ async fn serve(app: Router, nagle: bool) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-async fn relay_app(vendor: &str, db: &str) -> Result<Router, String> {
+async fn relay_app(vendor: &str, db: &str, users: usize) -> Result<Router, String> {
     let spec = Spec {
         accounts: (1..=ACCOUNTS)
             .map(|i| AccountSpec {
@@ -128,9 +131,21 @@ async fn relay_app(vendor: &str, db: &str) -> Result<Router, String> {
         database_url: db.to_owned(),
         ..Spec::default()
     };
-    let booted = boot(config_for(&spec, vendor))
-        .await
-        .map_err(|e| format!("relay boot: {e}"))?;
+    let mut config = config_for(&spec, vendor);
+    // `--users N`: N-1 more users like the tests' one, each with its own key (see load::api_key),
+    // to see whether a ledger is limited by one hot wallet or by its per-request cost.
+    let (user, key) = (config.users[0].clone(), config.keys[0].clone());
+    for i in 1..users {
+        let mut u = user.clone();
+        u.email = format!("bench-{i}@example.com");
+        let mut k = key.clone();
+        k.user = u.email.clone();
+        k.key = Some(crate::load::api_key(i));
+        k.name = Some(format!("bench-{i}"));
+        config.users.push(u);
+        config.keys.push(k);
+    }
+    let booted = boot(config).await.map_err(|e| format!("relay boot: {e}"))?;
     let app = sub2api_axum::router(&booted.relay);
     // The child exits by process::exit; keep the store and relay alive until then.
     std::mem::forget(booted);

@@ -38,6 +38,8 @@ pub struct Target {
     pub messages: String,
     pub metrics: String,
     pub pid: u32,
+    /// Users (and keys) seeded in the server; worker `w` uses key `w % users`.
+    pub users: usize,
 }
 
 impl Target {
@@ -46,6 +48,7 @@ impl Target {
             messages: format!("{}/v1/messages", server.base),
             metrics: format!("{}/metrics", server.base),
             pid: server.pid,
+            users: server.users,
         }
     }
 }
@@ -129,16 +132,26 @@ pub fn body(mode: Mode, tag: &str) -> String {
     )
 }
 
-/// Sends one request the way a client would.
+/// The API key of seeded user `i` (`--users N` seeds users 0..N; user 0 is the tests' own).
+pub fn api_key(i: usize) -> String {
+    if i == 0 {
+        KEY.to_owned()
+    } else {
+        format!("sk-bench-user-{i}")
+    }
+}
+
+/// Sends one request the way a client would, with `key`.
 pub fn request(
     client: &reqwest::Client,
     url: &str,
+    key: &str,
     mode: Mode,
     tag: &str,
 ) -> reqwest::RequestBuilder {
     client
         .post(url)
-        .header("x-api-key", KEY)
+        .header("x-api-key", key)
         .header("content-type", "application/json")
         .header("anthropic-version", "2023-06-01")
         .body(body(mode, tag))
@@ -224,6 +237,7 @@ pub async fn run(
         .map(|w| {
             let client = client.clone();
             let url = target.messages.clone();
+            let key = api_key(w % target.users.max(1));
             tokio::spawn(async move {
                 let mut cell = Cell {
                     latencies: Vec::with_capacity(4096),
@@ -234,7 +248,7 @@ pub async fn run(
                     n += 1;
                     let tag = format!("{run_id}-{w}-{n}");
                     let t0 = Instant::now();
-                    let outcome = match request(&client, &url, mode, &tag).send().await {
+                    let outcome = match request(&client, &url, &key, mode, &tag).send().await {
                         Ok(res) if res.status() == reqwest::StatusCode::OK => {
                             match res.bytes().await {
                                 Ok(b) if complete(mode, &b) => Ok(()),

@@ -59,11 +59,13 @@ pub async fn hold_open(
             let client = client.clone();
             let url = target.messages.clone();
             let open = open.clone();
+            let key = load::api_key(i % target.users.max(1));
             tokio::spawn(async move {
-                let mut res = load::request(&client, &url, Mode::Stream, &format!("hold-{i}"))
-                    .send()
-                    .await
-                    .map_err(|e| format!("send: {e}"))?;
+                let mut res =
+                    load::request(&client, &url, &key, Mode::Stream, &format!("hold-{i}"))
+                        .send()
+                        .await
+                        .map_err(|e| format!("send: {e}"))?;
                 if res.status() != reqwest::StatusCode::OK {
                     return Err(format!("status {}", res.status()));
                 }

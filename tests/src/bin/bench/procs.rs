@@ -17,6 +17,8 @@ pub struct Server {
     /// `http://127.0.0.1:PORT`.
     pub base: String,
     pub pid: u32,
+    /// Users (each with a key) the server was seeded with; 1 for the proxy.
+    pub users: usize,
     child: Child,
     stdin: Option<ChildStdin>,
 }
@@ -50,6 +52,7 @@ impl Server {
             name: name.to_owned(),
             base: String::new(),
             pid,
+            users: 1,
             child,
             stdin,
         };

@@ -128,11 +128,12 @@ impl Report {
             h,
             "- cells: {} s measured per server after {} s warm-up, in {} alternating slices (servers compared take turns); closed-loop workers on one pooled reqwest client; \
              latency = time to last byte; mock vendor (default 12-word reply) and load generator in the parent \
-             process, each server in its own child process; relay with billing on (strict holds, 1,000,000 USD balance); \
+             process, each server in its own child process; relay with billing on (strict holds, {} seeded user(s) with 1,000,000 USD each, workers spread over their keys); \
              accepted sockets {}",
             opts.secs,
             opts.warmup,
             opts.rounds,
+            opts.users,
             if opts.nagle {
                 "with Nagle's algorithm on (`--nagle`, stock `axum::serve`)"
             } else {
