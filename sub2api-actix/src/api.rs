@@ -166,6 +166,8 @@ pub fn spawn(relay: Relay, api: Api, listener: TcpListener) -> io::Result<ApiSer
                 })
                 .workers(2)
                 .disable_signals()
+                // Small SSE events must not wait for the peer's delayed ACK (Nagle).
+                .tcp_nodelay(true)
                 .listen(listener);
                 let server = match server {
                     Ok(s) => s.run(),

@@ -75,6 +75,8 @@ pub fn spawn_with(
                         .workers(options.workers.max(1))
                         .shutdown_timeout(options.shutdown_timeout.as_secs())
                         .disable_signals()
+                        // Small SSE events must not wait for the peer's delayed ACK (Nagle).
+                        .tcp_nodelay(true)
                         .listen(listener);
                 let server = match server {
                     Ok(server) => server.run(),
