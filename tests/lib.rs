@@ -1,8 +1,8 @@
 //! Test harness for the end-to-end suites in `tests/`: a mock vendor, a relay booted through
 //! the same path as the `sub2api` binary, served on an ephemeral port, and helpers to talk to it.
 
-use std::net::SocketAddr;
 use serde_json::{Value, json};
+use std::net::SocketAddr;
 use sub2api_axum::boot::{Booted, boot_with};
 use sub2api_axum::mock::MockVendor;
 use sub2api_core::config::{AccountSeed, Config, GroupSeed, KeySeed, RelaySection, UserSeed};
@@ -34,7 +34,12 @@ pub struct AccountSpec {
 
 impl AccountSpec {
     pub fn new(i: usize) -> Self {
-        AccountSpec { name: format!("a{i}"), key: format!("acct-{i}"), priority: 50, concurrency: 4 }
+        AccountSpec {
+            name: format!("a{i}"),
+            key: format!("acct-{i}"),
+            priority: 50,
+            concurrency: 4,
+        }
     }
 }
 
@@ -83,7 +88,11 @@ pub fn config_for(spec: &Spec, vendor_url: &str) -> Config {
     Config {
         database_url: Some(spec.database_url.clone()),
         relay: spec.relay.clone(),
-        groups: vec![GroupSeed { name: "default".into(), platform: Platform::Anthropic, rate_multiplier: spec.multiplier }],
+        groups: vec![GroupSeed {
+            name: "default".into(),
+            platform: Platform::Anthropic,
+            rate_multiplier: spec.multiplier,
+        }],
         accounts: spec
             .accounts
             .iter()
@@ -100,7 +109,11 @@ pub fn config_for(spec: &Spec, vendor_url: &str) -> Config {
                 ..AccountSeed::new(&a.name, Platform::Anthropic, AccountKind::Apikey)
             })
             .collect(),
-        users: vec![UserSeed { email: USER.into(), balance_usd: spec.balance, password: None }],
+        users: vec![UserSeed {
+            email: USER.into(),
+            balance_usd: spec.balance,
+            password: None,
+        }],
         keys: vec![KeySeed {
             user: USER.into(),
             group: "default".into(),
@@ -125,7 +138,11 @@ impl Harness {
     }
 
     /// A relay booted from any `config` (groups and accounts of every platform) in front of `vendor`.
-    pub async fn start_with_config(adapter: Adapter, config: Config, vendor: MockVendor) -> Harness {
+    pub async fn start_with_config(
+        adapter: Adapter,
+        config: Config,
+        vendor: MockVendor,
+    ) -> Harness {
         let key = sub2api_sqlx::MasterKey::new([7u8; 32]);
         let booted = boot_with(config, Some(key)).await.expect("relay boots");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -147,7 +164,8 @@ impl Harness {
             Adapter::Actix => {
                 let std_listener = listener.into_std().unwrap();
                 std_listener.set_nonblocking(false).unwrap();
-                let server = sub2api_actix::spawn(booted.relay.clone(), std_listener).expect("actix starts");
+                let server =
+                    sub2api_actix::spawn(booted.relay.clone(), std_listener).expect("actix starts");
                 (None, Some(server))
             }
         };
@@ -188,7 +206,15 @@ impl Harness {
     }
 
     pub async fn user_id(&self) -> sub2api_core::domain::UserId {
-        self.booted.relay.parts().directory.user_by_email(USER).await.unwrap().unwrap().id
+        self.booted
+            .relay
+            .parts()
+            .directory
+            .user_by_email(USER)
+            .await
+            .unwrap()
+            .unwrap()
+            .id
     }
 
     pub async fn balance(&self) -> Balance {
@@ -199,12 +225,27 @@ impl Harness {
     pub async fn usage_records(&self) -> Vec<UsageRecord> {
         let log = &self.booted.relay.parts().usage_log;
         log.flush().await.unwrap();
-        log.query(&UsageQuery { limit: 10_000, ..Default::default() }).await.unwrap()
+        log.query(&UsageQuery {
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
     }
 
     pub async fn account(&self, name: &str) -> Account {
-        let accounts = self.booted.relay.parts().directory.accounts().await.unwrap();
-        accounts.into_iter().find(|a| a.name == name).expect("account exists")
+        let accounts = self
+            .booted
+            .relay
+            .parts()
+            .directory
+            .accounts()
+            .await
+            .unwrap();
+        accounts
+            .into_iter()
+            .find(|a| a.name == name)
+            .expect("account exists")
     }
 
     /// Stops accepting, lets open responses finish, then waits for every drain and settlement.
@@ -250,7 +291,13 @@ pub async fn text(res: reqwest::Response) -> (u16, String) {
 }
 
 /// The mock's usage override with every billable field.
-pub fn usage(input: u64, write_5m: u64, write_1h: u64, read: u64, output: u64) -> mock::usage::Usage {
+pub fn usage(
+    input: u64,
+    write_5m: u64,
+    write_1h: u64,
+    read: u64,
+    output: u64,
+) -> mock::usage::Usage {
     mock::usage::Usage {
         input_tokens: input,
         output_tokens: output,
@@ -294,7 +341,8 @@ pub const DURABLE: &[Storage] = &[Storage::Sqlite, Storage::Postgres];
 
 /// The Postgres server the tests use (trust auth); override with `SUB2API_TEST_PG_URL`.
 pub fn pg_base_url() -> String {
-    std::env::var("SUB2API_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("SUB2API_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 /// A fresh database for one test: a SQLite file in its own temp folder, or a Postgres schema of
@@ -309,19 +357,34 @@ impl TestDb {
     pub async fn new(storage: Storage) -> TestDb {
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         match storage {
-            Storage::Memory => TestDb { url: "memory".into(), dir: None, schema: None },
+            Storage::Memory => TestDb {
+                url: "memory".into(),
+                dir: None,
+                schema: None,
+            },
             Storage::Sqlite => {
                 let dir = std::env::temp_dir().join(format!("sub2api-e2e-{suffix}"));
-                TestDb { url: format!("sqlite://{}/sub2api.db", dir.display()), dir: Some(dir), schema: None }
+                TestDb {
+                    url: format!("sqlite://{}/sub2api.db", dir.display()),
+                    dir: Some(dir),
+                    schema: None,
+                }
             }
             Storage::Postgres => {
                 let schema = format!("e2e_{}", &suffix[..16]);
                 let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&pg_base_url())
                     .await
                     .expect("Postgres must be running for the tests (see .ci/run)");
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&mut conn).await.unwrap();
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
                 let url = format!("{}?options=-csearch_path%3D{schema}", pg_base_url());
-                TestDb { url, dir: None, schema: Some(schema) }
+                TestDb {
+                    url,
+                    dir: None,
+                    schema: Some(schema),
+                }
             }
         }
     }
@@ -334,12 +397,19 @@ impl Drop for TestDb {
         }
         if let Some(schema) = self.schema.take() {
             let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
                 rt.block_on(async move {
-                    if let Ok(mut conn) = <sqlx::PgConnection as sqlx::Connection>::connect(&pg_base_url()).await {
-                        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-                            .execute(&mut conn)
-                            .await;
+                    if let Ok(mut conn) =
+                        <sqlx::PgConnection as sqlx::Connection>::connect(&pg_base_url()).await
+                    {
+                        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                            "DROP SCHEMA {schema} CASCADE"
+                        )))
+                        .execute(&mut conn)
+                        .await;
                     }
                 });
             })

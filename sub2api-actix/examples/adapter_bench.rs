@@ -40,7 +40,11 @@ fn config(vendor: &str) -> Config {
             rate_multiplier: Multiplier::ONE,
         }],
         accounts,
-        users: vec![UserSeed { email: "bench@example.com".into(), balance_usd: Money::usd(1_000_000), password: None }],
+        users: vec![UserSeed {
+            email: "bench@example.com".into(),
+            balance_usd: Money::usd(1_000_000),
+            password: None,
+        }],
         keys: vec![KeySeed {
             user: "bench@example.com".into(),
             group: "default".into(),
@@ -54,7 +58,13 @@ fn config(vendor: &str) -> Config {
 }
 
 /// Closed-loop load for `secs`: returns (ok requests, sorted latencies in µs).
-async fn load(client: &reqwest::Client, url: &str, conc: usize, secs: f64, stream: bool) -> (usize, Vec<u64>) {
+async fn load(
+    client: &reqwest::Client,
+    url: &str,
+    conc: usize,
+    secs: f64,
+    stream: bool,
+) -> (usize, Vec<u64>) {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
     for w in 0..conc {
@@ -70,7 +80,15 @@ async fn load(client: &reqwest::Client, url: &str, conc: usize, secs: f64, strea
                     "messages": [{"role": "user", "content": format!("w{w} n{n}")}],
                 });
                 let t = Instant::now();
-                let Ok(res) = client.post(&url).header("x-api-key", KEY).body(body.to_string()).send().await else { continue };
+                let Ok(res) = client
+                    .post(&url)
+                    .header("x-api-key", KEY)
+                    .body(body.to_string())
+                    .send()
+                    .await
+                else {
+                    continue;
+                };
                 let ok = res.status() == 200;
                 if res.bytes().await.is_ok() && ok {
                     lat.push(t.elapsed().as_micros() as u64);
@@ -119,7 +137,9 @@ async fn main() {
     let actix = sub2api_actix::spawn(actix_booted.relay.clone(), l).unwrap();
 
     let client = sub2api_core::layer::upstream::Upstream::default_client();
-    println!("| mode | c | axum req/s | actix req/s | actix/axum | axum p50/p99 ms | actix p50/p99 ms |");
+    println!(
+        "| mode | c | axum req/s | actix req/s | actix/axum | axum p50/p99 ms | actix p50/p99 ms |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for stream in [false, true] {
         // Warm both up.

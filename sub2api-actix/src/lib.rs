@@ -140,7 +140,9 @@ impl Mount {
         };
         // Key IP allowlists read the client's address.
         if let Some(addr) = req.peer_addr() {
-            request.extensions_mut().insert(sub2api_core::layer::auth::ClientAddr(addr));
+            request
+                .extensions_mut()
+                .insert(sub2api_core::layer::auth::ClientAddr(addr));
         }
         let call = InRuntime::new(
             self.app.call_with(request),

@@ -61,7 +61,8 @@ async fn serve(cli: Cli) -> Result<(), String> {
         println!("generated admin key: {}", key.expose());
     }
     // Relay routes and the admin/user API, as `sub2api serve` mounts them.
-    let server = sub2api_actix::api::spawn(booted.relay.clone(), booted.api.clone(), listener).map_err(|e| e.to_string())?;
+    let server = sub2api_actix::api::spawn(booted.relay.clone(), booted.api.clone(), listener)
+        .map_err(|e| e.to_string())?;
     println!("sub2api-actix listening on http://{}", server.addr());
     shutdown_signal().await;
     tracing::info!("shutting down: draining open responses");

@@ -11,7 +11,8 @@ use sub2api_core::config::{Config, ConfigError, SeedReport, apply_seed};
 use sub2api_core::domain::Secret;
 use sub2api_core::ledger::Ledger;
 use sub2api_core::memory::{
-    MemoryAccountProvider, MemoryDirectory, MemoryLedger, MemoryScheduler, MemoryUsageLog, SchedulerConfig,
+    MemoryAccountProvider, MemoryDirectory, MemoryLedger, MemoryScheduler, MemoryUsageLog,
+    SchedulerConfig,
 };
 use sub2api_core::pricing::PriceTable;
 use sub2api_core::relay::{Relay, RelayParts};
@@ -64,15 +65,18 @@ impl Booted {
 /// written there (with a loud warning: lose it and stored credentials cannot be decrypted).
 pub fn master_key(data_dir: &Path) -> Result<MasterKey, BootError> {
     if let Ok(hex) = std::env::var("SUB2API_MASTER_KEY") {
-        return MasterKey::from_hex(hex.trim()).map_err(|e| BootError::MasterKey(format!("SUB2API_MASTER_KEY: {e}")));
+        return MasterKey::from_hex(hex.trim())
+            .map_err(|e| BootError::MasterKey(format!("SUB2API_MASTER_KEY: {e}")));
     }
     let path = data_dir.join("master.key");
     if let Ok(hex) = std::fs::read_to_string(&path) {
-        return MasterKey::from_hex(hex.trim()).map_err(|e| BootError::MasterKey(format!("{}: {e}", path.display())));
+        return MasterKey::from_hex(hex.trim())
+            .map_err(|e| BootError::MasterKey(format!("{}: {e}", path.display())));
     }
     std::fs::create_dir_all(data_dir).map_err(|e| BootError::MasterKey(e.to_string()))?;
     let key: [u8; 32] = rand::random();
-    write_private(&path, &hex::encode(key)).map_err(|e| BootError::MasterKey(format!("{}: {e}", path.display())))?;
+    write_private(&path, &hex::encode(key))
+        .map_err(|e| BootError::MasterKey(format!("{}: {e}", path.display())))?;
     tracing::warn!(
         path = %path.display(),
         "SUB2API_MASTER_KEY is not set: generated a new master key into {}. Back it up; without it the stored upstream credentials cannot be decrypted.",
@@ -109,36 +113,58 @@ pub async fn boot(config: Config) -> Result<Booted, BootError> {
 pub async fn boot_with(config: Config, master: Option<MasterKey>) -> Result<Booted, BootError> {
     let prices = match &config.pricing_file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| BootError::Pricing(path.clone(), e.to_string()))?;
-            PriceTable::from_litellm_json(&text).map_err(|e| BootError::Pricing(path.clone(), e.to_string()))?
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| BootError::Pricing(path.clone(), e.to_string()))?;
+            PriceTable::from_litellm_json(&text)
+                .map_err(|e| BootError::Pricing(path.clone(), e.to_string()))?
         }
         None => PriceTable::bundled(),
     };
     let prices = Arc::new(prices);
     let url = config.database_url().to_owned();
-    let (admin, ledger, usage_log, store): (Arc<dyn AdminStore>, Arc<dyn Ledger>, Arc<dyn UsageLog>, _) =
-        if url == "memory" || url == "memory://" {
-            (Arc::new(MemoryDirectory::new()), Arc::new(MemoryLedger::new()), Arc::new(MemoryUsageLog::default()), None)
-        } else {
-            let key = match master {
-                Some(k) => k,
-                None => master_key(&data_dir(&url))?,
-            };
-            let store = SqlStore::connect_with(&url, StoreOptions::new(key))
-                .await
-                .map_err(|e| BootError::Database(e.to_string()))?;
-            let recovered = store.recover().await.map_err(|e| BootError::Database(e.to_string()))?;
-            tracing::info!(?recovered, "startup recovery done");
-            (Arc::new(store.clone()), Arc::new(store.clone()), Arc::new(store.clone()), Some(store))
+    let (admin, ledger, usage_log, store): (
+        Arc<dyn AdminStore>,
+        Arc<dyn Ledger>,
+        Arc<dyn UsageLog>,
+        _,
+    ) = if url == "memory" || url == "memory://" {
+        (
+            Arc::new(MemoryDirectory::new()),
+            Arc::new(MemoryLedger::new()),
+            Arc::new(MemoryUsageLog::default()),
+            None,
+        )
+    } else {
+        let key = match master {
+            Some(k) => k,
+            None => master_key(&data_dir(&url))?,
         };
+        let store = SqlStore::connect_with(&url, StoreOptions::new(key))
+            .await
+            .map_err(|e| BootError::Database(e.to_string()))?;
+        let recovered = store
+            .recover()
+            .await
+            .map_err(|e| BootError::Database(e.to_string()))?;
+        tracing::info!(?recovered, "startup recovery done");
+        (
+            Arc::new(store.clone()),
+            Arc::new(store.clone()),
+            Arc::new(store.clone()),
+            Some(store),
+        )
+    };
     let directory: Arc<dyn Directory> = admin.clone();
     let seed = apply_seed(&config, directory.as_ref(), ledger.as_ref()).await?;
     let api_config = ApiConfig::default();
-    sub2api_core::api::setup::seed_passwords(&config, admin.as_ref(), api_config.password).await.map_err(ConfigError::from)?;
+    sub2api_core::api::setup::seed_passwords(&config, admin.as_ref(), api_config.password)
+        .await
+        .map_err(ConfigError::from)?;
     // Key quotas settle and release with the wallet holds.
     let ledger = QuotaLedger::wrap(ledger, directory.clone());
     // OAuth accounts renew their tokens through the `[oauth]` endpoints (single-flight per account).
-    let token_client = sub2api_core::oauth::TokenClient::new(config.oauth.clone(), Default::default());
+    let token_client =
+        sub2api_core::oauth::TokenClient::new(config.oauth.clone(), Default::default());
     let scheduler_config = SchedulerConfig {
         sticky_ttl: Duration::from_secs(config.relay.sticky_ttl_secs),
         queue_wait: Duration::from_secs(config.relay.queue_wait_secs),
@@ -157,26 +183,55 @@ pub async fn boot_with(config: Config, master: Option<MasterKey>) -> Result<Boot
         Option<sub2api_redis::RedisCluster>,
     ) = match &config.redis_url {
         Some(url) => {
-            let opts = sub2api_redis::RedisOptions { scheduler: scheduler_config, ..Default::default() };
-            let hub = sub2api_redis::Hub::connect(url, opts).await.map_err(|e| BootError::Redis(e.to_string()))?;
-            let local = Arc::new(local_accounts.with_refresh_lock(Arc::new(sub2api_redis::RedisRefreshLock::new(hub.clone()))));
-            let cluster = sub2api_redis::RedisCluster::new(hub, local).await.map_err(|e| BootError::Redis(e.to_string()))?;
+            let opts = sub2api_redis::RedisOptions {
+                scheduler: scheduler_config,
+                ..Default::default()
+            };
+            let hub = sub2api_redis::Hub::connect(url, opts)
+                .await
+                .map_err(|e| BootError::Redis(e.to_string()))?;
+            let local = Arc::new(
+                local_accounts
+                    .with_refresh_lock(Arc::new(sub2api_redis::RedisRefreshLock::new(hub.clone()))),
+            );
+            let cluster = sub2api_redis::RedisCluster::new(hub, local)
+                .await
+                .map_err(|e| BootError::Redis(e.to_string()))?;
             tracing::info!("scheduler state shared through Redis");
-            (cluster.accounts.clone(), cluster.scheduler.clone(), cluster.accounts.clone(), Some(cluster))
+            (
+                cluster.accounts.clone(),
+                cluster.scheduler.clone(),
+                cluster.accounts.clone(),
+                Some(cluster),
+            )
         }
         None => {
             let local = Arc::new(local_accounts);
-            let scheduler = Arc::new(MemoryScheduler::with_config(local.clone(), scheduler_config));
+            let scheduler = Arc::new(MemoryScheduler::with_config(
+                local.clone(),
+                scheduler_config,
+            ));
             (local.clone(), scheduler, local, None)
         }
     };
     // The price table can be replaced over the API; a replaced one outlives restarts.
     let live = Arc::new(LiveMeter::new(prices.clone(), config.relay.hold_policy()));
-    if let Some(stored) = sub2api_core::api::setup::stored_prices(admin.as_ref()).await.map_err(ConfigError::from)? {
+    if let Some(stored) = sub2api_core::api::setup::stored_prices(admin.as_ref())
+        .await
+        .map_err(ConfigError::from)?
+    {
         live.replace(stored);
     }
     let meter: Arc<dyn sub2api_core::meter::Meter> = live.clone();
-    let parts = RelayParts { directory, accounts, scheduler, ledger, usage_log, prices, meter };
+    let parts = RelayParts {
+        directory,
+        accounts,
+        scheduler,
+        ledger,
+        usage_log,
+        prices,
+        meter,
+    };
     let relay = Relay::new(parts, config.relay.relay_config());
     if let Some(cluster) = &cluster {
         // A key disabled on one node is forgotten by every node's cache at once.
@@ -186,9 +241,10 @@ pub async fn boot_with(config: Config, master: Option<MasterKey>) -> Result<Boot
             sub2api_redis::KeyInvalidation::All => cache.clear(),
         });
     }
-    let admin_key = sub2api_core::api::setup::admin_key(admin.as_ref(), config.admin_key.as_deref())
-        .await
-        .map_err(ConfigError::from)?;
+    let admin_key =
+        sub2api_core::api::setup::admin_key(admin.as_ref(), config.admin_key.as_deref())
+            .await
+            .map_err(ConfigError::from)?;
     // Top-ups: orders in the same store, credits through the relay's ledger; a background sweep
     // expires unpaid orders once their provider confirms them unpaid.
     let payments = match config.payments.clone().filter(|p| p.any_provider()) {
@@ -199,9 +255,16 @@ pub async fn boot_with(config: Config, master: Option<MasterKey>) -> Result<Boot
             };
             let http = sub2api_core::layer::upstream::Upstream::default_client();
             // Plan orders grant (or extend) the subscription once per order, in the admin store.
-            let p = sub2api_core::payment::Payments::from_config(pc, pay_store, relay.parts().ledger.clone(), http)
-                .map_err(ConfigError::Seed)?
-                .with_plans(Arc::new(sub2api_core::api::payments::AdminPlans(admin.clone())));
+            let p = sub2api_core::payment::Payments::from_config(
+                pc,
+                pay_store,
+                relay.parts().ledger.clone(),
+                http,
+            )
+            .map_err(ConfigError::Seed)?
+            .with_plans(Arc::new(sub2api_core::api::payments::AdminPlans(
+                admin.clone(),
+            )));
             p.spawn_sweeper();
             Some(p)
         }
@@ -209,7 +272,19 @@ pub async fn boot_with(config: Config, master: Option<MasterKey>) -> Result<Boot
     };
     let api = Api::new(
         sub2api_core::api::setup::parts(&relay, admin, Some(pool), Some(live)),
-        ApiConfig { admin_key_sha256: Some(admin_key.sha256), payments, ..api_config },
+        ApiConfig {
+            admin_key_sha256: Some(admin_key.sha256),
+            payments,
+            ..api_config
+        },
     );
-    Ok(Booted { relay, api, generated_admin_key: admin_key.generated, store, seed, config, cluster })
+    Ok(Booted {
+        relay,
+        api,
+        generated_admin_key: admin_key.generated,
+        store,
+        seed,
+        config,
+        cluster,
+    })
 }

@@ -40,7 +40,8 @@ pub fn router(relay: &Relay) -> Router {
 /// A listener whose accepted sockets have `TCP_NODELAY` set. `axum::serve` leaves Nagle's
 /// algorithm on, and then every small SSE event can sit ~40 ms waiting for the peer's delayed ACK:
 /// a relay must never add that to a stream (the benchmark measured it).
-pub type NoDelayListener = axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)>;
+pub type NoDelayListener =
+    axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)>;
 
 /// Wraps a bound listener so every accepted connection has `TCP_NODELAY`.
 pub fn no_delay(listener: tokio::net::TcpListener) -> NoDelayListener {
@@ -59,7 +60,9 @@ pub async fn serve(
     relay: Relay,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(no_delay(listener), router).with_graceful_shutdown(shutdown).await?;
+    axum::serve(no_delay(listener), router)
+        .with_graceful_shutdown(shutdown)
+        .await?;
     relay.shutdown().await;
     Ok(())
 }

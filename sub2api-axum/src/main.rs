@@ -10,7 +10,11 @@ use sub2api_core::domain::{AccountKind, Platform};
 use sub2api_core::money::{Money, Multiplier};
 
 #[derive(Parser)]
-#[command(name = "sub2api", version, about = "Pooled AI-API relay with exact billing")]
+#[command(
+    name = "sub2api",
+    version,
+    about = "Pooled AI-API relay with exact billing"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -104,13 +108,17 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config).await,
         Command::Demo => demo().await,
-        Command::MockVendor { listen } => sub2api_axum::mock::serve_standalone(listen).await.map_err(|e| e.to_string()),
-        Command::Ledger { command: LedgerCommand::Verify } => verify(cli.config).await,
+        Command::MockVendor { listen } => sub2api_axum::mock::serve_standalone(listen)
+            .await
+            .map_err(|e| e.to_string()),
+        Command::Ledger {
+            command: LedgerCommand::Verify,
+        } => verify(cli.config).await,
         Command::User { command } => sub2api_axum::api::cli::user(cli.config, command).await,
         Command::Key { command } => sub2api_axum::api::cli::key(cli.config, command).await,
-        Command::Account { command: AccountCli::Admin(command) } => {
-            sub2api_axum::api::cli::account(cli.config, command).await
-        }
+        Command::Account {
+            command: AccountCli::Admin(command),
+        } => sub2api_axum::api::cli::account(cli.config, command).await,
         Command::Account { command } => oauth_command(cli.config, command).await,
     };
     match result {
@@ -128,10 +136,23 @@ async fn oauth_command(config: Option<PathBuf>, cmd: AccountCli) -> Result<(), S
     let booted = boot(config).await.map_err(|e| e.to_string())?;
     let dir = booted.relay.parts().directory.clone();
     let result = match cmd {
-        AccountCli::OauthUrl { platform, name, groups, priority, concurrency, base_url, setup_token } => {
+        AccountCli::OauthUrl {
+            platform,
+            name,
+            groups,
+            priority,
+            concurrency,
+            base_url,
+            setup_token,
+        } => {
             let account = oauth::PendingAccount {
                 name,
-                groups: groups.split(',').map(str::trim).filter(|g| !g.is_empty()).map(str::to_owned).collect(),
+                groups: groups
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|g| !g.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
                 priority,
                 concurrency,
                 base_url,
@@ -152,7 +173,15 @@ async fn oauth_command(config: Option<PathBuf>, cmd: AccountCli) -> Result<(), S
             let client = oauth::TokenClient::new(booted.config.oauth.clone(), Default::default());
             oauth::complete(dir.as_ref(), &client, &code)
                 .await
-                .map(|a| println!("saved account `{}` ({} {:?}, id {})", a.name, a.platform.as_str(), a.kind, a.id))
+                .map(|a| {
+                    println!(
+                        "saved account `{}` ({} {:?}, id {})",
+                        a.name,
+                        a.platform.as_str(),
+                        a.kind,
+                        a.id
+                    )
+                })
                 .map_err(|e| e.to_string())
         }
         AccountCli::Admin(_) => Ok(()),
@@ -165,7 +194,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -178,17 +208,22 @@ async fn shutdown_signal() {
 
 async fn run(booted: Booted) -> Result<(), String> {
     let listen = booted.config.listen().to_owned();
-    let listener = tokio::net::TcpListener::bind(&listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, "relay listening");
     // A plain line for scripts and supervisors (the log line may be filtered or coloured).
     println!("sub2api listening on http://{addr}");
     // Relay routes and the admin/user API; ConnectInfo gives key IP allowlists the client address.
     let router = sub2api_axum::api::app(&booted.relay, booted.api.clone());
-    axum::serve(sub2api_axum::no_delay(listener), router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())?;
+    axum::serve(
+        sub2api_axum::no_delay(listener),
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .map_err(|e| e.to_string())?;
     booted.shutdown().await;
     tracing::info!("stopped cleanly");
     Ok(())
@@ -203,7 +238,10 @@ async fn serve(config: Option<PathBuf>) -> Result<(), String> {
     }
     if let Some(key) = &booted.generated_admin_key {
         // Shown once: only its SHA-256 is stored. Set SUB2API_ADMIN_KEY to choose your own.
-        println!("generated admin key (Authorization: Bearer on /api/v1/admin/): {}", key.expose());
+        println!(
+            "generated admin key (Authorization: Bearer on /api/v1/admin/): {}",
+            key.expose()
+        );
     }
     run(booted).await
 }
@@ -211,7 +249,9 @@ async fn serve(config: Option<PathBuf>) -> Result<(), String> {
 async fn verify(config: Option<PathBuf>) -> Result<(), String> {
     let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
     let booted = boot(config).await.map_err(|e| e.to_string())?;
-    let Some(store) = &booted.store else { return Err("ledger verify needs a database".into()) };
+    let Some(store) = &booted.store else {
+        return Err("ledger verify needs a database".into());
+    };
     let mismatches = store.verify_ledger().await.map_err(|e| e.to_string())?;
     booted.shutdown().await;
     if mismatches.is_empty() {
@@ -221,7 +261,10 @@ async fn verify(config: Option<PathBuf>) -> Result<(), String> {
         for m in &mismatches {
             println!("MISMATCH {m:?}");
         }
-        Err(format!("{} wallet(s) do not match their journal", mismatches.len()))
+        Err(format!(
+            "{} wallet(s) do not match their journal",
+            mismatches.len()
+        ))
     }
 }
 
@@ -231,7 +274,11 @@ async fn demo() -> Result<(), String> {
     let key = sub2api_core::config::generate_key();
     let mut config = Config {
         database_url: Some("memory".into()),
-        groups: vec![GroupSeed { name: "demo".into(), platform: Platform::Anthropic, rate_multiplier: Multiplier::ONE }],
+        groups: vec![GroupSeed {
+            name: "demo".into(),
+            platform: Platform::Anthropic,
+            rate_multiplier: Multiplier::ONE,
+        }],
         accounts: (1..=3)
             .map(|i| AccountSeed {
                 name: format!("mock-{i}"),
@@ -243,10 +290,18 @@ async fn demo() -> Result<(), String> {
                 priority: 50,
                 concurrency: 2,
                 groups: vec!["demo".into()],
-                ..AccountSeed::new(format!("mock-{i}"), Platform::Anthropic, AccountKind::Apikey)
+                ..AccountSeed::new(
+                    format!("mock-{i}"),
+                    Platform::Anthropic,
+                    AccountKind::Apikey,
+                )
             })
             .collect(),
-        users: vec![UserSeed { email: "demo@example.com".into(), balance_usd: Money::usd(5), password: None }],
+        users: vec![UserSeed {
+            email: "demo@example.com".into(),
+            balance_usd: Money::usd(5),
+            password: None,
+        }],
         keys: vec![KeySeed {
             user: "demo@example.com".into(),
             group: "demo".into(),
@@ -279,7 +334,10 @@ Ctrl-C stops both.
         key = key.expose()
     );
     if let Some(admin) = &booted.generated_admin_key {
-        println!("Admin API: curl -s http://{listen}/api/v1/admin/users -H 'Authorization: Bearer {}'\n", admin.expose());
+        println!(
+            "Admin API: curl -s http://{listen}/api/v1/admin/users -H 'Authorization: Bearer {}'\n",
+            admin.expose()
+        );
     }
     let result = run(booted).await;
     drop(vendor);

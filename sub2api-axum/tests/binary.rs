@@ -72,7 +72,12 @@ fn start(dir: &Path) -> Relay {
 }
 
 async fn usage(client: &reqwest::Client, base: &str) -> serde_json::Value {
-    let res = client.get(format!("{base}/v1/usage")).header("x-api-key", "sk-bin-alice").send().await.unwrap();
+    let res = client
+        .get(format!("{base}/v1/usage"))
+        .header("x-api-key", "sk-bin-alice")
+        .send()
+        .await
+        .unwrap();
     serde_json::from_slice(&res.bytes().await.unwrap()).unwrap()
 }
 
@@ -94,8 +99,14 @@ async fn the_binary_survives_kill_9_with_a_hold_in_flight_and_keeps_every_charge
     let client = sub2api_core::layer::upstream::Upstream::default_client();
 
     let mut relay = start(&dir);
-    assert!(dir.join("data/sub2api.db").exists(), "SQLite file in ./data by default");
-    assert!(dir.join("data/master.key").exists(), "master key generated beside it");
+    assert!(
+        dir.join("data/sub2api.db").exists(),
+        "SQLite file in ./data by default"
+    );
+    assert!(
+        dir.join("data/master.key").exists(),
+        "master key generated beside it"
+    );
     let res = client
         .post(format!("{}/v1/messages", relay.base))
         .header("x-api-key", "sk-bin-alice")
@@ -107,7 +118,8 @@ async fn the_binary_survives_kill_9_with_a_hold_in_flight_and_keeps_every_charge
     let charged: serde_json::Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
     let usage_1 = &charged["usage"];
     // claude-sonnet-4-5: $3/M in, $15/M out.
-    let cost_nanos = usage_1["input_tokens"].as_i64().unwrap() * 3000 + usage_1["output_tokens"].as_i64().unwrap() * 15000;
+    let cost_nanos = usage_1["input_tokens"].as_i64().unwrap() * 3000
+        + usage_1["output_tokens"].as_i64().unwrap() * 15000;
     let after_first = 10_000_000_000i64 - cost_nanos;
 
     // A second request holds money and waits at the vendor: kill -9 the relay right then.
@@ -115,12 +127,23 @@ async fn the_binary_survives_kill_9_with_a_hold_in_flight_and_keeps_every_charge
     let pending = {
         let client = client.clone();
         let url = format!("{}/v1/messages", relay.base);
-        tokio::spawn(async move { client.post(url).header("x-api-key", "sk-bin-alice").body(body(true, 2)).send().await })
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .header("x-api-key", "sk-bin-alice")
+                .body(body(true, 2))
+                .send()
+                .await
+        })
     };
     vendor.wait_for_requests(2).await;
     let held = usage(&client, &relay.base).await;
-    let available = sub2api_core::money::Money::parse_usd(held["balance_usd"].as_str().unwrap()).unwrap();
-    assert!(available.nanos() < after_first, "the hold is visible: {held}");
+    let available =
+        sub2api_core::money::Money::parse_usd(held["balance_usd"].as_str().unwrap()).unwrap();
+    assert!(
+        available.nanos() < after_first,
+        "the hold is visible: {held}"
+    );
     relay.child.kill().unwrap(); // SIGKILL
     relay.child.wait().unwrap();
     let _ = pending.await;
@@ -134,8 +157,17 @@ async fn the_binary_survives_kill_9_with_a_hold_in_flight_and_keeps_every_charge
 
     // Graceful stop: SIGTERM, exit 0.
     let pid = relay.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    assert!(relay.child.wait().unwrap().success(), "clean exit on SIGTERM");
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        relay.child.wait().unwrap().success(),
+        "clean exit on SIGTERM"
+    );
 
     let out = Command::new(env!("CARGO_BIN_EXE_sub2api"))
         .args(["ledger", "verify"])
@@ -143,7 +175,11 @@ async fn the_binary_survives_kill_9_with_a_hold_in_flight_and_keeps_every_charge
         .env("SUB2API_LOG", "warn")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ledger ok"));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,7 +11,10 @@ use crate::domain::{Account, AccountId, Credentials, GroupId};
 
 /// Unix time in milliseconds: the clock every node agrees on (cooldowns are shared state).
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Whether an account may be scheduled now.
@@ -20,8 +23,13 @@ pub fn now_ms() -> i64 {
 pub enum AccountStatus {
     Ready,
     /// Parked until the vendor's reset time (unix ms).
-    CoolingDown { until_ms: i64, reason: String },
-    Disabled { reason: String },
+    CoolingDown {
+        until_ms: i64,
+        reason: String,
+    },
+    Disabled {
+        reason: String,
+    },
 }
 
 impl AccountStatus {
@@ -39,13 +47,21 @@ impl AccountStatus {
 pub enum Outcome {
     Success,
     /// Rate limited: park until `until_ms` (from the vendor's reset headers or body).
-    RateLimited { until_ms: i64 },
+    RateLimited {
+        until_ms: i64,
+    },
     /// Overloaded or transient server trouble: a short cooldown.
-    Overloaded { cooldown: Duration },
+    Overloaded {
+        cooldown: Duration,
+    },
     /// Credentials refused: stop using the account until an operator looks at it.
-    AuthFailed { reason: String },
+    AuthFailed {
+        reason: String,
+    },
     /// Connection failed or timed out before any byte.
-    Unreachable { cooldown: Duration },
+    Unreachable {
+        cooldown: Duration,
+    },
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

@@ -18,7 +18,9 @@ pub type IncomingBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A complete body from bytes.
 pub fn full(bytes: impl Into<Bytes>) -> RelayBody {
-    http_body_util::Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// Boxes any body into a [`RelayBody`].
@@ -42,7 +44,10 @@ pin_project_lite::pin_project! {
 
 impl<B, G> GuardedBody<B, G> {
     pub fn new(inner: B, guard: G) -> Self {
-        GuardedBody { inner, guard: Some(guard) }
+        GuardedBody {
+            inner,
+            guard: Some(guard),
+        }
     }
 }
 
@@ -53,7 +58,10 @@ where
     type Data = B::Data;
     type Error = B::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = self.project();
         let res = this.inner.poll_frame(cx);
         if let Poll::Ready(None) = res {

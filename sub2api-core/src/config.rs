@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::domain::{AccountKind, AccountOptions, Credentials, KeyLimits, OAuthTokens, Platform, ProxyUrl, Secret};
+use crate::domain::{
+    AccountKind, AccountOptions, Credentials, KeyLimits, OAuthTokens, Platform, ProxyUrl, Secret,
+};
 use crate::ledger::{Credit, EntryKind, Ledger, LedgerError};
 use crate::meter::HoldPolicy;
 use crate::money::{Money, Multiplier};
@@ -173,9 +175,14 @@ impl<'de> Deserialize<'de> for ExpiresAt {
             Raw::Int(n) => Ok(ExpiresAt(from_int(n))),
             Raw::Text(t) => match t.trim().parse::<i64>() {
                 Ok(n) => Ok(ExpiresAt(from_int(n))),
-                Err(_) => time::OffsetDateTime::parse(t.trim(), &time::format_description::well_known::Rfc3339)
-                    .map(|t| ExpiresAt((t.unix_timestamp_nanos() / 1_000_000) as i64))
-                    .map_err(|_| serde::de::Error::custom("expires_at: unix seconds or an RFC 3339 time")),
+                Err(_) => time::OffsetDateTime::parse(
+                    t.trim(),
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .map(|t| ExpiresAt((t.unix_timestamp_nanos() / 1_000_000) as i64))
+                .map_err(|_| {
+                    serde::de::Error::custom("expires_at: unix seconds or an RFC 3339 time")
+                }),
             },
         }
     }
@@ -206,7 +213,10 @@ impl AccountSeed {
 
     fn options(&self) -> Result<AccountOptions, ConfigError> {
         let proxy = match &self.proxy {
-            Some(p) => Some(ProxyUrl::parse(p).map_err(|e| ConfigError::Seed(format!("account `{}`: {e}", self.name)))?),
+            Some(p) => Some(
+                ProxyUrl::parse(p)
+                    .map_err(|e| ConfigError::Seed(format!("account `{}`: {e}", self.name)))?,
+            ),
             None => None,
         };
         Ok(AccountOptions {
@@ -219,9 +229,12 @@ impl AccountSeed {
     }
 
     fn credentials(&self) -> Result<Credentials, ConfigError> {
-        let missing = |what: &str| ConfigError::Seed(format!("account `{}`: {what} required", self.name));
+        let missing =
+            |what: &str| ConfigError::Seed(format!("account `{}`: {what} required", self.name));
         Ok(match self.kind {
-            AccountKind::Apikey => Credentials::ApiKey(Secret::new(self.api_key.clone().ok_or_else(|| missing("api_key"))?)),
+            AccountKind::Apikey => Credentials::ApiKey(Secret::new(
+                self.api_key.clone().ok_or_else(|| missing("api_key"))?,
+            )),
             AccountKind::Oauth => match &self.refresh_token {
                 Some(refresh) => Credentials::OAuth(OAuthTokens {
                     access_token: Secret::new(self.access_token.clone().unwrap_or_default()),
@@ -233,12 +246,16 @@ impl AccountSeed {
                     },
                 }),
                 None => Credentials::Bearer(Secret::new(
-                    self.access_token.clone().ok_or_else(|| missing("access_token or refresh_token"))?,
+                    self.access_token
+                        .clone()
+                        .ok_or_else(|| missing("access_token or refresh_token"))?,
                 )),
             },
-            AccountKind::SetupToken => {
-                Credentials::Bearer(Secret::new(self.access_token.clone().ok_or_else(|| missing("access_token"))?))
-            }
+            AccountKind::SetupToken => Credentials::Bearer(Secret::new(
+                self.access_token
+                    .clone()
+                    .ok_or_else(|| missing("access_token"))?,
+            )),
         })
     }
 }
@@ -292,7 +309,8 @@ impl Config {
             None => (PathBuf::from("sub2api.toml"), false),
         };
         let mut c: Config = match std::fs::read_to_string(&path) {
-            Ok(text) => toml::from_str(&text).map_err(|e| ConfigError::Parse(path.clone(), e.to_string()))?,
+            Ok(text) => toml::from_str(&text)
+                .map_err(|e| ConfigError::Parse(path.clone(), e.to_string()))?,
             Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Config::default(),
             Err(e) => return Err(ConfigError::Read(path, e)),
         };
@@ -321,7 +339,9 @@ impl Config {
     }
 
     pub fn database_url(&self) -> &str {
-        self.database_url.as_deref().unwrap_or("sqlite://data/sub2api.db")
+        self.database_url
+            .as_deref()
+            .unwrap_or("sqlite://data/sub2api.db")
     }
 }
 
@@ -336,18 +356,30 @@ pub struct SeedReport {
 /// Applies the file's seed objects. Idempotent: running it again changes nothing, and a user's
 /// opening balance is credited through the ledger under the key `seed:<email>`, so it is credited
 /// exactly once however often (or however interrupted) seeding runs.
-pub async fn apply_seed(config: &Config, dir: &dyn Directory, ledger: &dyn Ledger) -> Result<SeedReport, ConfigError> {
+pub async fn apply_seed(
+    config: &Config,
+    dir: &dyn Directory,
+    ledger: &dyn Ledger,
+) -> Result<SeedReport, ConfigError> {
     let mut report = SeedReport::default();
     for g in &config.groups {
-        dir.upsert_group(NewGroup { name: g.name.clone(), platform: g.platform, rate_multiplier: g.rate_multiplier })
-            .await?;
+        dir.upsert_group(NewGroup {
+            name: g.name.clone(),
+            platform: g.platform,
+            rate_multiplier: g.rate_multiplier,
+        })
+        .await?;
     }
     let existing = if config.accounts.iter().any(|a| a.kind == AccountKind::Oauth) {
         dir.accounts().await?
     } else {
         Vec::new()
     };
-    let statuses = if existing.is_empty() { Vec::new() } else { dir.account_statuses().await? };
+    let statuses = if existing.is_empty() {
+        Vec::new()
+    } else {
+        dir.account_statuses().await?
+    };
     for a in &config.accounts {
         let mut credentials = a.credentials()?;
         // Refresh tokens rotate: once the relay has refreshed a seeded OAuth account, the file's
@@ -355,7 +387,10 @@ pub async fn apply_seed(config: &Config, dir: &dyn Directory, ledger: &dyn Ledge
         // only when the stored ones died (the account was disabled).
         if let Credentials::OAuth(_) = credentials
             && let Some(old) = existing.iter().find(|x| x.name == a.name)
-            && !statuses.iter().any(|(id, s)| *id == old.id && matches!(s, crate::account_provider::AccountStatus::Disabled { .. }))
+            && !statuses.iter().any(|(id, s)| {
+                *id == old.id
+                    && matches!(s, crate::account_provider::AccountStatus::Disabled { .. })
+            })
             && let Ok(stored @ Credentials::OAuth(_)) = dir.account_credentials(old.id).await
         {
             credentials = stored;
@@ -365,12 +400,21 @@ pub async fn apply_seed(config: &Config, dir: &dyn Directory, ledger: &dyn Ledge
             AccountKind::Apikey => a.platform.default_base_url(),
             _ => a.platform.default_oauth_base_url(),
         };
-        let base_url = a.base_url.clone().unwrap_or_else(|| default_base.to_owned());
+        let base_url = a
+            .base_url
+            .clone()
+            .unwrap_or_else(|| default_base.to_owned());
         if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-            return Err(ConfigError::Seed(format!("account `{}`: base_url must be http(s)", a.name)));
+            return Err(ConfigError::Seed(format!(
+                "account `{}`: base_url must be http(s)",
+                a.name
+            )));
         }
         if a.concurrency == 0 {
-            return Err(ConfigError::Seed(format!("account `{}`: concurrency must be at least 1", a.name)));
+            return Err(ConfigError::Seed(format!(
+                "account `{}`: concurrency must be at least 1",
+                a.name
+            )));
         }
         dir.upsert_account(NewAccount {
             name: a.name.clone(),
@@ -387,10 +431,16 @@ pub async fn apply_seed(config: &Config, dir: &dyn Directory, ledger: &dyn Ledge
     }
     for u in &config.users {
         if !u.email.contains('@') {
-            return Err(ConfigError::Seed(format!("user `{}`: not an email address", u.email)));
+            return Err(ConfigError::Seed(format!(
+                "user `{}`: not an email address",
+                u.email
+            )));
         }
         if u.balance_usd.is_negative() {
-            return Err(ConfigError::Seed(format!("user `{}`: balance_usd must not be negative", u.email)));
+            return Err(ConfigError::Seed(format!(
+                "user `{}`: balance_usd must not be negative",
+                u.email
+            )));
         }
         let (user, created) = dir.ensure_user(&u.email).await?;
         report.users_created += created as usize;
@@ -408,29 +458,45 @@ pub async fn apply_seed(config: &Config, dir: &dyn Directory, ledger: &dyn Ledge
         }
     }
     for k in &config.keys {
-        let user = dir
-            .user_by_email(&k.user)
-            .await?
-            .ok_or_else(|| ConfigError::Seed(format!("key for `{}`: no such user in [[users]]", k.user)))?;
-        let group = dir
-            .group_by_name(&k.group)
-            .await?
-            .ok_or_else(|| ConfigError::Seed(format!("key for `{}`: no such group `{}`", k.user, k.group)))?;
-        let name = k.name.clone().unwrap_or_else(|| format!("seed-{}", group.name));
-        let limits = KeyLimits { concurrency: k.concurrency, rpm: k.rpm };
+        let user = dir.user_by_email(&k.user).await?.ok_or_else(|| {
+            ConfigError::Seed(format!("key for `{}`: no such user in [[users]]", k.user))
+        })?;
+        let group = dir.group_by_name(&k.group).await?.ok_or_else(|| {
+            ConfigError::Seed(format!("key for `{}`: no such group `{}`", k.user, k.group))
+        })?;
+        let name = k
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("seed-{}", group.name));
+        let limits = KeyLimits {
+            concurrency: k.concurrency,
+            rpm: k.rpm,
+        };
         let key = match &k.key {
             Some(key) => Secret::new(key.clone()),
             None => {
                 let existing = dir.keys_of(user.id).await?;
-                if existing.iter().any(|x| x.name == name && x.group_id == group.id) {
+                if existing
+                    .iter()
+                    .any(|x| x.name == name && x.group_id == group.id)
+                {
                     continue;
                 }
                 let key = generate_key();
-                report.generated_keys.push((k.user.clone(), name.clone(), key.clone()));
+                report
+                    .generated_keys
+                    .push((k.user.clone(), name.clone(), key.clone()));
                 key
             }
         };
-        dir.ensure_key(NewKey { user_id: user.id, group_id: group.id, name, key, limits }).await?;
+        dir.ensure_key(NewKey {
+            user_id: user.id,
+            group_id: group.id,
+            name,
+            key,
+            limits,
+        })
+        .await?;
     }
     Ok(report)
 }
@@ -480,7 +546,11 @@ mod tests {
         let ledger = MemoryLedger::new();
         let r1 = apply_seed(&c, &dir, &ledger).await.unwrap();
         assert_eq!(r1.generated_keys.len(), 1);
-        let user = dir.user_by_email("alice@example.com").await.unwrap().unwrap();
+        let user = dir
+            .user_by_email("alice@example.com")
+            .await
+            .unwrap()
+            .unwrap();
         // Spend some, then seed again: the balance must not be reset.
         ledger
             .credit(Credit {
@@ -496,7 +566,10 @@ mod tests {
         assert!(r2.generated_keys.is_empty());
         assert_eq!(ledger.balance(user.id).await.unwrap().total, Money::usd(7));
         assert_eq!(dir.keys_of(user.id).await.unwrap().len(), 2);
-        assert_eq!(dir.groups().await.unwrap()[0].rate_multiplier, Multiplier::parse("1.5").unwrap());
+        assert_eq!(
+            dir.groups().await.unwrap()[0].rate_multiplier,
+            Multiplier::parse("1.5").unwrap()
+        );
     }
 
     #[test]

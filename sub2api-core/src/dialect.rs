@@ -95,7 +95,10 @@ impl Dialect {
     pub fn from_path(path: &str) -> Dialect {
         if path.starts_with("/v1beta/") || path.starts_with("/v1/models/") && path.contains(':') {
             Dialect::Gemini
-        } else if path.starts_with("/v1/chat/") || path.starts_with("/v1/responses") || path.contains("/codex/") {
+        } else if path.starts_with("/v1/chat/")
+            || path.starts_with("/v1/responses")
+            || path.contains("/codex/")
+        {
             Dialect::OpenAi
         } else {
             Dialect::Anthropic
@@ -145,8 +148,14 @@ mod tests {
     fn dialect_from_path() {
         assert_eq!(Dialect::from_path("/v1/messages"), Dialect::Anthropic);
         assert_eq!(Dialect::from_path("/v1/chat/completions"), Dialect::OpenAi);
-        assert_eq!(Dialect::from_path("/v1beta/models/gemini-2.5-pro:generateContent"), Dialect::Gemini);
-        assert_eq!(Dialect::from_path("/v1/models/gemini-2.5-pro:streamGenerateContent"), Dialect::Gemini);
+        assert_eq!(
+            Dialect::from_path("/v1beta/models/gemini-2.5-pro:generateContent"),
+            Dialect::Gemini
+        );
+        assert_eq!(
+            Dialect::from_path("/v1/models/gemini-2.5-pro:streamGenerateContent"),
+            Dialect::Gemini
+        );
         assert_eq!(Dialect::from_path("/v1/models"), Dialect::Anthropic);
     }
 

@@ -21,7 +21,12 @@ pub struct RelayError {
 
 impl RelayError {
     pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
-        RelayError { class, message: message.into(), retry_after: None, unreachable_account: None }
+        RelayError {
+            class,
+            message: message.into(),
+            retry_after: None,
+            unreachable_account: None,
+        }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -45,11 +50,17 @@ impl RelayError {
     }
 
     pub fn rate_limited(message: impl Into<String>, retry_after: Duration) -> Self {
-        RelayError { retry_after: Some(retry_after), ..Self::new(ErrorClass::RateLimited, message) }
+        RelayError {
+            retry_after: Some(retry_after),
+            ..Self::new(ErrorClass::RateLimited, message)
+        }
     }
 
     pub fn overloaded(message: impl Into<String>, retry_after: Option<Duration>) -> Self {
-        RelayError { retry_after, ..Self::new(ErrorClass::Overloaded, message) }
+        RelayError {
+            retry_after,
+            ..Self::new(ErrorClass::Overloaded, message)
+        }
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
@@ -57,6 +68,9 @@ impl RelayError {
     }
 
     pub fn unreachable(account: Arc<Account>, message: impl Into<String>) -> Self {
-        RelayError { unreachable_account: Some(account), ..Self::new(ErrorClass::Overloaded, message) }
+        RelayError {
+            unreachable_account: Some(account),
+            ..Self::new(ErrorClass::Overloaded, message)
+        }
     }
 }

@@ -303,15 +303,34 @@ mod tests {
         assert_eq!(Money::usd(10).to_string(), "10.00");
         assert_eq!(Money::from_nanos(123_456_789).to_string(), "0.123456789");
         assert_eq!(Money::from_nanos(-1_500_000_000).to_string(), "-1.50");
-        assert!(matches!(Money::parse_usd("0.0000000001"), Err(MoneyError::TooPrecise(_))));
-        assert!(matches!(Money::parse_usd("abc"), Err(MoneyError::NotDecimal(_))));
+        assert!(matches!(
+            Money::parse_usd("0.0000000001"),
+            Err(MoneyError::TooPrecise(_))
+        ));
+        assert!(matches!(
+            Money::parse_usd("abc"),
+            Err(MoneyError::NotDecimal(_))
+        ));
     }
 
     #[test]
     fn token_prices_from_litellm_text() {
-        assert_eq!(TokenPrice::per_token_usd("3e-06").unwrap().femto_per_token(), 3_000_000_000);
-        assert_eq!(TokenPrice::per_token_usd("1.875e-08").unwrap().femto_per_token(), 18_750_000);
-        assert_eq!(TokenPrice::per_token_usd("0.0000003").unwrap(), TokenPrice::per_million_usd("0.30").unwrap());
+        assert_eq!(
+            TokenPrice::per_token_usd("3e-06")
+                .unwrap()
+                .femto_per_token(),
+            3_000_000_000
+        );
+        assert_eq!(
+            TokenPrice::per_token_usd("1.875e-08")
+                .unwrap()
+                .femto_per_token(),
+            18_750_000
+        );
+        assert_eq!(
+            TokenPrice::per_token_usd("0.0000003").unwrap(),
+            TokenPrice::per_million_usd("0.30").unwrap()
+        );
     }
 
     #[test]
@@ -321,7 +340,10 @@ mod tests {
         assert_eq!(c.total(Multiplier::ONE).nanos(), 19);
         let mut c = CostAccumulator::default();
         c.add(1_000_000, TokenPrice::per_million_usd("3").unwrap());
-        assert_eq!(c.total(Multiplier::parse("1.5").unwrap()), Money::parse_usd("4.5").unwrap());
+        assert_eq!(
+            c.total(Multiplier::parse("1.5").unwrap()),
+            Money::parse_usd("4.5").unwrap()
+        );
     }
 
     #[test]

@@ -37,13 +37,20 @@ pub struct Lease {
 
 impl Lease {
     pub fn new(account: Arc<Account>, sticky: bool, slot: Box<dyn SlotGuard>) -> Self {
-        Lease { account, sticky, _slot: slot }
+        Lease {
+            account,
+            sticky,
+            _slot: slot,
+        }
     }
 }
 
 impl fmt::Debug for Lease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Lease").field("account", &self.account.name).field("sticky", &self.sticky).finish()
+        f.debug_struct("Lease")
+            .field("account", &self.account.name)
+            .field("sticky", &self.sticky)
+            .finish()
     }
 }
 

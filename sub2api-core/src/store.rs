@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::account_provider::AccountStatus;
 use crate::domain::{
-    Account, AccountId, AccountKind, AccountOptions, ApiKey, Credentials, Group, GroupId, KeyHash, KeyId, KeyLimits, Platform,
-    Principal, User, UserId, UsageRecord,
+    Account, AccountId, AccountKind, AccountOptions, ApiKey, Credentials, Group, GroupId, KeyHash,
+    KeyId, KeyLimits, Platform, Principal, UsageRecord, User, UserId,
 };
 use crate::money::Multiplier;
 use crate::oauth::PendingAuthorization;
@@ -74,23 +74,43 @@ pub trait Directory: Send + Sync + 'static {
     async fn accounts(&self) -> Result<Vec<Account>, StoreError>;
     async fn account_credentials(&self, id: AccountId) -> Result<Credentials, StoreError>;
     /// Persists a cooldown or disablement so it survives restarts.
-    async fn set_account_status(&self, id: AccountId, status: &AccountStatus) -> Result<(), StoreError>;
+    async fn set_account_status(
+        &self,
+        id: AccountId,
+        status: &AccountStatus,
+    ) -> Result<(), StoreError>;
     async fn account_statuses(&self) -> Result<Vec<(AccountId, AccountStatus)>, StoreError>;
     /// Replaces an account's credentials (an OAuth refresh rotated them). Everything else about
     /// the account stays as it is.
-    async fn update_account_credentials(&self, id: AccountId, credentials: &Credentials) -> Result<(), StoreError> {
+    async fn update_account_credentials(
+        &self,
+        id: AccountId,
+        credentials: &Credentials,
+    ) -> Result<(), StoreError> {
         let _ = (id, credentials);
-        Err(StoreError::Invalid("this directory cannot update account credentials".into()))
+        Err(StoreError::Invalid(
+            "this directory cannot update account credentials".into(),
+        ))
     }
     /// Keeps an OAuth authorization that was started (its PKCE verifier) until it is exchanged.
-    async fn save_pending_authorization(&self, pending: &PendingAuthorization) -> Result<(), StoreError> {
+    async fn save_pending_authorization(
+        &self,
+        pending: &PendingAuthorization,
+    ) -> Result<(), StoreError> {
         let _ = pending;
-        Err(StoreError::Invalid("this directory cannot keep OAuth authorizations".into()))
+        Err(StoreError::Invalid(
+            "this directory cannot keep OAuth authorizations".into(),
+        ))
     }
     /// Removes and returns a pending authorization by its `state` (`None`: the newest one).
-    async fn take_pending_authorization(&self, state: Option<&str>) -> Result<Option<PendingAuthorization>, StoreError> {
+    async fn take_pending_authorization(
+        &self,
+        state: Option<&str>,
+    ) -> Result<Option<PendingAuthorization>, StoreError> {
         let _ = state;
-        Err(StoreError::Invalid("this directory cannot keep OAuth authorizations".into()))
+        Err(StoreError::Invalid(
+            "this directory cannot keep OAuth authorizations".into(),
+        ))
     }
 
     /// Returns the user with this email, creating it if missing; `created` tells which.
@@ -108,7 +128,9 @@ pub trait Directory: Send + Sync + 'static {
 
     /// The key quota accounting of this directory, if it keeps one (see [`crate::api::quota`]).
     /// A key with a quota is refused on a relay whose directory keeps none.
-    fn key_quotas(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn crate::api::quota::KeyQuotas>> {
+    fn key_quotas(
+        self: std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn crate::api::quota::KeyQuotas>> {
         None
     }
 }

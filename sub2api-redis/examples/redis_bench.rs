@@ -28,7 +28,9 @@ use serde_json::json;
 use sub2api_axum::mock::MockState;
 use sub2api_core::account_provider::AccountProvider;
 use sub2api_core::config::{Config, apply_seed};
-use sub2api_core::memory::{MemoryAccountProvider, MemoryDirectory, MemoryLedger, MemoryScheduler, MemoryUsageLog};
+use sub2api_core::memory::{
+    MemoryAccountProvider, MemoryDirectory, MemoryLedger, MemoryScheduler, MemoryUsageLog,
+};
 use sub2api_core::meter::PricedMeter;
 use sub2api_core::pricing::PriceTable;
 use sub2api_core::relay::{Relay, RelayConfig, RelayParts};
@@ -48,12 +50,22 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a =
-        Args { secs: 6, concurrency: 64, rounds: 5, slots: 32, redis: "redis://127.0.0.1:6379".into(), nagle: false };
+    let mut a = Args {
+        secs: 6,
+        concurrency: 64,
+        rounds: 5,
+        slots: 32,
+        redis: "redis://127.0.0.1:6379".into(),
+        nagle: false,
+    };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < v.len() {
-        let value = || v.get(i + 1).cloned().unwrap_or_else(|| panic!("{} needs a value", v[i]));
+        let value = || {
+            v.get(i + 1)
+                .cloned()
+                .unwrap_or_else(|| panic!("{} needs a value", v[i]))
+        };
         match v[i].as_str() {
             "--secs" => a.secs = value().parse().expect("--secs N"),
             "--concurrency" => a.concurrency = value().parse().expect("--concurrency N"),
@@ -103,14 +115,23 @@ async fn serve(app: axum::Router, nagle: bool) -> String {
 /// User + system CPU of this process, in seconds (Linux).
 fn process_cpu() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
     let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (tick(11) + tick(12)) / 100.0
 }
 
 /// User + system CPU of the Redis server, in seconds.
 async fn redis_cpu(conn: &mut redis::aio::MultiplexedConnection) -> f64 {
-    let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await.unwrap_or_default();
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(conn)
+        .await
+        .unwrap_or_default();
     info.lines()
         .filter(|l| l.starts_with("used_cpu_user:") || l.starts_with("used_cpu_sys:"))
         .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
@@ -138,7 +159,11 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 async fn load(base: &str, args: &Args, redis: &mut redis::aio::MultiplexedConnection) -> Figures {
     let dur = Duration::from_secs(args.secs);
-    let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(args.concurrency).build().unwrap();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()
+        .unwrap();
     let url = format!("{base}/v1/messages");
     let measure_from = Instant::now() + Duration::from_secs(2);
     let end = measure_from + dur;
@@ -216,10 +241,20 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::main]
 async fn main() {
     let args = args();
-    let vendor = serve(sub2api_axum::mock::router(MockState::with_record_capacity(256)), args.nagle).await;
+    let vendor = serve(
+        sub2api_axum::mock::router(MockState::with_record_capacity(256)),
+        args.nagle,
+    )
+    .await;
     let directory = Arc::new(MemoryDirectory::new());
     let ledger = Arc::new(MemoryLedger::new());
-    apply_seed(&seed(&vendor, args.slots), directory.as_ref(), ledger.as_ref()).await.unwrap();
+    apply_seed(
+        &seed(&vendor, args.slots),
+        directory.as_ref(),
+        ledger.as_ref(),
+    )
+    .await
+    .unwrap();
     let prices = Arc::new(PriceTable::bundled());
     let dir: Arc<dyn Directory> = directory.clone();
     let relay_for = |accounts: Arc<dyn AccountProvider>, scheduler: Arc<dyn Scheduler>| {
@@ -235,17 +270,41 @@ async fn main() {
         Relay::new(parts, RelayConfig::default())
     };
 
-    let mem_accounts = Arc::new(MemoryAccountProvider::from_directory(dir.clone()).await.unwrap());
-    let memory = relay_for(mem_accounts.clone(), Arc::new(MemoryScheduler::new(mem_accounts)));
+    let mem_accounts = Arc::new(
+        MemoryAccountProvider::from_directory(dir.clone())
+            .await
+            .unwrap(),
+    );
+    let memory = relay_for(
+        mem_accounts.clone(),
+        Arc::new(MemoryScheduler::new(mem_accounts)),
+    );
     let prefix = format!("bench{:08x}", rand::random::<u32>());
-    let redis_accounts = Arc::new(MemoryAccountProvider::from_directory(dir.clone()).await.unwrap());
-    let cluster = sub2api_redis::connect(&args.redis, redis_accounts, RedisOptions { prefix, ..Default::default() })
-        .await
-        .expect("redis reachable");
+    let redis_accounts = Arc::new(
+        MemoryAccountProvider::from_directory(dir.clone())
+            .await
+            .unwrap(),
+    );
+    let cluster = sub2api_redis::connect(
+        &args.redis,
+        redis_accounts,
+        RedisOptions {
+            prefix,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("redis reachable");
     let redis_relay = relay_for(cluster.accounts.clone(), cluster.scheduler.clone());
     let variants = [
-        ("in-process", serve(sub2api_axum::router(&memory), args.nagle).await),
-        ("redis", serve(sub2api_axum::router(&redis_relay), args.nagle).await),
+        (
+            "in-process",
+            serve(sub2api_axum::router(&memory), args.nagle).await,
+        ),
+        (
+            "redis",
+            serve(sub2api_axum::router(&redis_relay), args.nagle).await,
+        ),
     ];
     let mut info = redis::Client::open(args.redis.as_str())
         .unwrap()
@@ -262,7 +321,15 @@ async fn main() {
             let f = load(base, &args, &mut info).await;
             eprintln!(
                 "round {round} {name:>10}: {:7.0} req/s  json p50 {:6.2} p99 {:6.2}  stream p50 {:6.2} p99 {:6.2}  all p99 {:6.2} ms  cpu {:5.0} µs + redis {:4.0} µs  errors {}",
-                f.rps, f.json.0, f.json.1, f.stream.0, f.stream.1, f.p99, f.cpu_us, f.redis_cpu_us, f.errors
+                f.rps,
+                f.json.0,
+                f.json.1,
+                f.stream.0,
+                f.stream.1,
+                f.p99,
+                f.cpu_us,
+                f.redis_cpu_us,
+                f.errors
             );
             results[i].push(f);
         }
@@ -296,11 +363,19 @@ async fn main() {
     }
     // Rounds are paired (both variants back to back), so the per-round ratio cancels most of the
     // drift of a shared machine; its median is the headline.
-    let ratios: Vec<f64> = results[0].iter().zip(&results[1]).map(|(m, r)| r.rps / m.rps * 100.0).collect();
+    let ratios: Vec<f64> = results[0]
+        .iter()
+        .zip(&results[1])
+        .map(|(m, r)| r.rps / m.rps * 100.0)
+        .collect();
     println!(
         "redis / in-process throughput: {:.1}% (median of per-round ratios: {})",
         median(ratios.clone()),
-        ratios.iter().map(|r| format!("{r:.0}%")).collect::<Vec<_>>().join(", ")
+        ratios
+            .iter()
+            .map(|r| format!("{r:.0}%"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     // Leave nothing behind in Redis.
     cluster.hub.flush().await;

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use async_trait::async_trait;
-use sub2api_core::account_provider::{AccountProvider, AccountStatus, Outcome, ProviderError, now_ms};
+use sub2api_core::account_provider::{
+    AccountProvider, AccountStatus, Outcome, ProviderError, now_ms,
+};
 use sub2api_core::api::PoolControl;
 use sub2api_core::domain::{Account, AccountId, Credentials, GroupId};
 use sub2api_core::memory::MemoryAccountProvider;
@@ -42,7 +44,11 @@ struct Shared {
 impl Shared {
     fn put(&self, id: AccountId, status: AccountStatus) {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
-        self.cache.write().unwrap().entries.insert(id, (status, seq));
+        self.cache
+            .write()
+            .unwrap()
+            .entries
+            .insert(id, (status, seq));
         self.changed.send_modify(|v| *v += 1);
     }
 }
@@ -135,10 +141,16 @@ impl RedisAccountProvider {
 /// Pushes what could not be written, then reloads the whole status hash. Updates that arrive
 /// while the reload is in flight win over it.
 async fn resync(hub: &Weak<Hub>, shared: &Shared) -> Result<(), Error> {
-    let Some(hub) = hub.upgrade() else { return Ok(()) };
+    let Some(hub) = hub.upgrade() else {
+        return Ok(());
+    };
     let unsent: Vec<(AccountId, AccountStatus)> = shared.unsent.lock().unwrap().drain().collect();
     for (id, status) in unsent {
-        let op = if status == AccountStatus::Ready { "clear" } else { "set" };
+        let op = if status == AccountStatus::Ready {
+            "clear"
+        } else {
+            "set"
+        };
         write(&hub, shared, id, &status, op).await?;
     }
     let run_id = hub.server_run_id().await?;
@@ -150,7 +162,13 @@ async fn resync(hub: &Weak<Hub>, shared: &Shared) -> Result<(), Error> {
     };
     let before = shared.seq.load(Ordering::SeqCst);
     let mut c = hub.conn.clone();
-    let all: HashMap<i64, String> = hub.run(redis::cmd("HGETALL").arg(hub.key("status")).query_async(&mut c)).await?;
+    let all: HashMap<i64, String> = hub
+        .run(
+            redis::cmd("HGETALL")
+                .arg(hub.key("status"))
+                .query_async(&mut c),
+        )
+        .await?;
     let now = now_ms();
     let mut repush = Vec::new();
     {
@@ -159,7 +177,9 @@ async fn resync(hub: &Weak<Hub>, shared: &Shared) -> Result<(), Error> {
         for (id, json) in all {
             let id = AccountId(id);
             seen.insert(id);
-            let Ok(status) = serde_json::from_str::<AccountStatus>(&json) else { continue };
+            let Ok(status) = serde_json::from_str::<AccountStatus>(&json) else {
+                continue;
+            };
             match cache.entries.get(&id) {
                 Some((_, seq)) if *seq > before => {}
                 _ => {
@@ -187,7 +207,13 @@ async fn resync(hub: &Weak<Hub>, shared: &Shared) -> Result<(), Error> {
     Ok(())
 }
 
-async fn write(hub: &Hub, shared: &Shared, id: AccountId, status: &AccountStatus, op: &str) -> Result<(), Error> {
+async fn write(
+    hub: &Hub,
+    shared: &Shared,
+    id: AccountId,
+    status: &AccountStatus,
+    op: &str,
+) -> Result<(), Error> {
     let blocked = match status {
         AccountStatus::CoolingDown { until_ms, .. } => *until_ms,
         AccountStatus::Disabled { .. } => -1,
@@ -255,10 +281,19 @@ impl AccountProvider for RedisAccountProvider {
             }
             Outcome::RateLimited { until_ms } => {
                 tracing::info!(account = %account.name, until_ms, "account rate limited; parked until reset on every node");
-                (AccountStatus::CoolingDown { until_ms: *until_ms, reason: "rate limited".into() }, "set")
+                (
+                    AccountStatus::CoolingDown {
+                        until_ms: *until_ms,
+                        reason: "rate limited".into(),
+                    },
+                    "set",
+                )
             }
             Outcome::Overloaded { cooldown } => (
-                AccountStatus::CoolingDown { until_ms: now + cooldown.as_millis() as i64, reason: "overloaded".into() },
+                AccountStatus::CoolingDown {
+                    until_ms: now + cooldown.as_millis() as i64,
+                    reason: "overloaded".into(),
+                },
                 "set",
             ),
             Outcome::Unreachable { cooldown } => (
@@ -268,7 +303,12 @@ impl AccountProvider for RedisAccountProvider {
                 },
                 "set",
             ),
-            Outcome::AuthFailed { reason } => (AccountStatus::Disabled { reason: reason.clone() }, "set"),
+            Outcome::AuthFailed { reason } => (
+                AccountStatus::Disabled {
+                    reason: reason.clone(),
+                },
+                "set",
+            ),
         };
         // This node sees it at once (and the directory keeps it across restarts)...
         self.inner.report(account, outcome).await;

@@ -73,7 +73,12 @@ impl Hub {
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
         let prefix = options.prefix.clone();
         let node = format!("{:016x}", rand::random::<u64>());
-        let keeper = LeaseKeeper::start(conn.clone(), &prefix, options.lease_ttl, options.renew_every);
+        let keeper = LeaseKeeper::start(
+            conn.clone(),
+            &prefix,
+            options.lease_ttl,
+            options.renew_every,
+        );
         let hub = Arc::new(Hub {
             conn,
             prefix,
@@ -86,7 +91,10 @@ impl Hub {
             subscribed: tokio::sync::watch::channel(0).0,
             stop: CancellationToken::new(),
         });
-        let (accounts, others) = (hub.keeper.released_accounts.clone(), hub.keeper.released.clone());
+        let (accounts, others) = (
+            hub.keeper.released_accounts.clone(),
+            hub.keeper.released.clone(),
+        );
         hub.listen(move |e| match e {
             Event::Released(scopes) => {
                 if scopes.is_empty() || scopes.iter().any(|s| s.starts_with("acct:")) {
@@ -142,7 +150,10 @@ impl Hub {
     }
 
     /// Runs one Redis operation, bounded by the operation timeout, and tracks health.
-    pub(crate) async fn run<T>(&self, op: impl Future<Output = redis::RedisResult<T>>) -> Result<T, Error> {
+    pub(crate) async fn run<T>(
+        &self,
+        op: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Error> {
         let r = match tokio::time::timeout(self.options.op_timeout, op).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(Error::Redis(e)),
@@ -167,7 +178,9 @@ impl Hub {
     /// The Redis server's `run_id`: it changes when Redis restarts (and may have lost its data).
     pub(crate) async fn server_run_id(&self) -> Result<String, Error> {
         let mut c = self.conn.clone();
-        let info: String = self.run(redis::cmd("INFO").arg("server").query_async(&mut c)).await?;
+        let info: String = self
+            .run(redis::cmd("INFO").arg("server").query_async(&mut c))
+            .await?;
         info.lines()
             .find_map(|l| l.strip_prefix("run_id:"))
             .map(|s| s.trim().to_owned())
@@ -178,7 +191,14 @@ impl Hub {
     pub async fn publish_key_invalidation(&self, key: &KeyHash) -> Result<(), Error> {
         let mut c = self.conn.clone();
         let ch = self.channel("keys");
-        let _: i64 = self.run(redis::cmd("PUBLISH").arg(ch).arg(key.to_hex()).query_async(&mut c)).await?;
+        let _: i64 = self
+            .run(
+                redis::cmd("PUBLISH")
+                    .arg(ch)
+                    .arg(key.to_hex())
+                    .query_async(&mut c),
+            )
+            .await?;
         Ok(())
     }
 
@@ -186,7 +206,9 @@ impl Hub {
     pub async fn publish_key_invalidation_all(&self) -> Result<(), Error> {
         let mut c = self.conn.clone();
         let ch = self.channel("keys");
-        let _: i64 = self.run(redis::cmd("PUBLISH").arg(ch).arg("*").query_async(&mut c)).await?;
+        let _: i64 = self
+            .run(redis::cmd("PUBLISH").arg(ch).arg("*").query_async(&mut c))
+            .await?;
         Ok(())
     }
 
@@ -194,7 +216,14 @@ impl Hub {
     pub async fn publish_pool_changed(&self) -> Result<(), Error> {
         let mut c = self.conn.clone();
         let ch = self.channel("pool");
-        let _: i64 = self.run(redis::cmd("PUBLISH").arg(ch).arg("reload").query_async(&mut c)).await?;
+        let _: i64 = self
+            .run(
+                redis::cmd("PUBLISH")
+                    .arg(ch)
+                    .arg("reload")
+                    .query_async(&mut c),
+            )
+            .await?;
         Ok(())
     }
 
@@ -241,7 +270,13 @@ impl Hub {
                 )
                 .await?;
             match reply.as_slice() {
-                [1, ..] => return Ok(Some(pending.into_lease(key, capacity.max(1), scope.to_owned()))),
+                [1, ..] => {
+                    return Ok(Some(pending.into_lease(
+                        key,
+                        capacity.max(1),
+                        scope.to_owned(),
+                    )));
+                }
                 [0, wake, ..] => {
                     pending.defuse();
                     if !wait(notified, *wake, deadline).await {
@@ -286,7 +321,9 @@ impl Hub {
                 )
                 .await?;
             if !keys.is_empty() {
-                n += self.run(redis::cmd("UNLINK").arg(&keys).query_async::<u64>(&mut c)).await?;
+                n += self
+                    .run(redis::cmd("UNLINK").arg(&keys).query_async::<u64>(&mut c))
+                    .await?;
             }
             if next == 0 {
                 return Ok(n);
@@ -326,7 +363,11 @@ pub(crate) async fn wait(
     if now >= deadline {
         return false;
     }
-    let until = if wake_ms >= 0 { deadline.min(now + Duration::from_millis(wake_ms as u64 + 1)) } else { deadline };
+    let until = if wake_ms >= 0 {
+        deadline.min(now + Duration::from_millis(wake_ms as u64 + 1))
+    } else {
+        deadline
+    };
     tokio::select! {
         _ = notified => {}
         _ = tokio::time::sleep_until(until) => {}
@@ -340,7 +381,12 @@ async fn subscriber(hub: Weak<Hub>, client: redis::Client, stop: CancellationTok
     let mut backoff = Duration::from_millis(50);
     loop {
         let Some(h) = hub.upgrade() else { return };
-        let channels = [h.channel("released"), h.channel("status"), h.channel("keys"), h.channel("pool")];
+        let channels = [
+            h.channel("released"),
+            h.channel("status"),
+            h.channel("keys"),
+            h.channel("pool"),
+        ];
         let timeout = h.options.op_timeout;
         drop(h);
         let connect = async {
@@ -407,7 +453,12 @@ fn parse(hub: &Hub, channel: &str, payload: &[u8]) -> Option<Event> {
     let text = std::str::from_utf8(payload).ok()?;
     let name = channel.strip_prefix(&hub.prefix)?.strip_prefix(":ev:")?;
     match name {
-        "released" => Some(Event::Released(text.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect())),
+        "released" => Some(Event::Released(
+            text.split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        )),
         "status" => {
             let (id, json) = match text.split_once(' ') {
                 Some((id, json)) => (id, Some(json)),

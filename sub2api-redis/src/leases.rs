@@ -37,7 +37,11 @@ struct Release {
 
 enum Cmd {
     Release(Release),
-    Unlock { key: String, token: String, name: String },
+    Unlock {
+        key: String,
+        token: String,
+        name: String,
+    },
     Flush(oneshot::Sender<()>),
 }
 
@@ -54,7 +58,12 @@ pub(crate) struct LeaseKeeper {
 }
 
 impl LeaseKeeper {
-    pub(crate) fn start(conn: ConnectionManager, prefix: &str, ttl: Duration, every: Duration) -> Arc<LeaseKeeper> {
+    pub(crate) fn start(
+        conn: ConnectionManager,
+        prefix: &str,
+        ttl: Duration,
+        every: Duration,
+    ) -> Arc<LeaseKeeper> {
         let (tx, rx) = mpsc::unbounded_channel();
         let keeper = Arc::new(LeaseKeeper {
             held: Mutex::new(HashMap::new()),
@@ -66,7 +75,15 @@ impl LeaseKeeper {
             released: Arc::new(Notify::new()),
         });
         let channel = format!("{prefix}:ev:released");
-        tokio::spawn(run(Arc::downgrade(&keeper), rx, conn, channel, ttl, every, keeper.stop.clone()));
+        tokio::spawn(run(
+            Arc::downgrade(&keeper),
+            rx,
+            conn,
+            channel,
+            ttl,
+            every,
+            keeper.stop.clone(),
+        ));
         keeper
     }
 
@@ -74,7 +91,12 @@ impl LeaseKeeper {
     /// turned into a [`LeaseGuard`] or defused, dropping it removes `member` from every key (so a
     /// select cancelled mid-flight, or whose reply was lost, leaves nothing behind).
     pub(crate) fn pending(self: &Arc<Self>, keys: Vec<String>, member: String) -> Pending {
-        Pending { keeper: self.clone(), keys, member, armed: true }
+        Pending {
+            keeper: self.clone(),
+            keys,
+            member,
+            armed: true,
+        }
     }
 
     pub(crate) fn unlock(&self, key: String, token: String, name: String) {
@@ -117,8 +139,19 @@ impl Pending {
         self.armed = false;
         let id = self.keeper.next.fetch_add(1, Ordering::Relaxed);
         let member = std::mem::take(&mut self.member);
-        self.keeper.held.lock().unwrap().insert(id, (key.clone(), member.clone()));
-        LeaseGuard { keeper: self.keeper.clone(), id, key, member, capacity, name }
+        self.keeper
+            .held
+            .lock()
+            .unwrap()
+            .insert(id, (key.clone(), member.clone()));
+        LeaseGuard {
+            keeper: self.keeper.clone(),
+            id,
+            key,
+            member,
+            capacity,
+            name,
+        }
     }
 
     /// The script answered that it took nothing.
@@ -131,7 +164,12 @@ impl Drop for Pending {
     fn drop(&mut self) {
         if self.armed {
             for key in self.keys.drain(..) {
-                self.keeper.release(Release { key, member: self.member.clone(), capacity: 0, name: String::new() });
+                self.keeper.release(Release {
+                    key,
+                    member: self.member.clone(),
+                    capacity: 0,
+                    name: String::new(),
+                });
             }
         }
     }
@@ -156,7 +194,10 @@ impl LeaseGuard {
 
 impl std::fmt::Debug for LeaseGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeaseGuard").field("scope", &self.name).field("member", &self.member).finish()
+        f.debug_struct("LeaseGuard")
+            .field("scope", &self.name)
+            .field("member", &self.member)
+            .finish()
     }
 }
 
@@ -245,15 +286,34 @@ async fn handle(
         match cmd {
             Cmd::Release(r) => batch.push(r),
             Cmd::Unlock { key, token, name } => {
-                release(conn, channel, std::mem::take(&mut batch), retry, ttl, op_timeout).await;
+                release(
+                    conn,
+                    channel,
+                    std::mem::take(&mut batch),
+                    retry,
+                    ttl,
+                    op_timeout,
+                )
+                .await;
                 let mut inv = scripts::UNLOCK.prepare_invoke();
                 inv.key(key).arg(token).arg(channel).arg(name);
-                if !matches!(tokio::time::timeout(op_timeout, inv.invoke_async::<i64>(conn)).await, Ok(Ok(_))) {
+                if !matches!(
+                    tokio::time::timeout(op_timeout, inv.invoke_async::<i64>(conn)).await,
+                    Ok(Ok(_))
+                ) {
                     tracing::warn!("refresh lock release failed; the lock expires by itself");
                 }
             }
             Cmd::Flush(done) => {
-                release(conn, channel, std::mem::take(&mut batch), retry, ttl, op_timeout).await;
+                release(
+                    conn,
+                    channel,
+                    std::mem::take(&mut batch),
+                    retry,
+                    ttl,
+                    op_timeout,
+                )
+                .await;
                 let _ = done.send(());
             }
         }
@@ -277,9 +337,15 @@ async fn release(
         for r in &chunk {
             inv.key(&r.key).arg(&r.member).arg(r.capacity).arg(&r.name);
         }
-        let ok = matches!(tokio::time::timeout(op_timeout, inv.invoke_async::<i64>(conn)).await, Ok(Ok(_)));
+        let ok = matches!(
+            tokio::time::timeout(op_timeout, inv.invoke_async::<i64>(conn)).await,
+            Ok(Ok(_))
+        );
         if !ok {
-            tracing::warn!(leases = chunk.len(), "lease release failed; retrying until the lease TTL");
+            tracing::warn!(
+                leases = chunk.len(),
+                "lease release failed; retrying until the lease TTL"
+            );
             let until = Instant::now() + ttl;
             let room = MAX_RETRY.saturating_sub(retry.len());
             retry.extend(chunk.into_iter().take(room).map(|r| (r, until)));

@@ -122,10 +122,17 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// The provider and scheduler over an existing hub (connect the hub first when the
     /// `MemoryAccountProvider` needs it too, e.g. for [`RedisRefreshLock`]).
-    pub async fn new(hub: Arc<Hub>, accounts: Arc<MemoryAccountProvider>) -> Result<RedisCluster, Error> {
+    pub async fn new(
+        hub: Arc<Hub>,
+        accounts: Arc<MemoryAccountProvider>,
+    ) -> Result<RedisCluster, Error> {
         let accounts = Arc::new(RedisAccountProvider::new(hub.clone(), accounts).await?);
         let scheduler = Arc::new(RedisScheduler::new(hub.clone(), accounts.clone()));
-        Ok(RedisCluster { hub, accounts, scheduler })
+        Ok(RedisCluster {
+            hub,
+            accounts,
+            scheduler,
+        })
     }
 
     /// Sends every pending lease release; call after the relay finished its responses at

@@ -44,7 +44,12 @@ impl Drop for WaitSlot<'_> {
 
 impl RedisKeyLimiter {
     pub fn new(hub: Arc<Hub>) -> Self {
-        RedisKeyLimiter { hub, waiting: Mutex::new(HashMap::new()), max_waiting: 64, max_wait: Duration::from_secs(60) }
+        RedisKeyLimiter {
+            hub,
+            waiting: Mutex::new(HashMap::new()),
+            max_waiting: 64,
+            max_wait: Duration::from_secs(60),
+        }
     }
 
     fn enter_queue(&self, key: KeyId) -> Option<WaitSlot<'_>> {
@@ -59,7 +64,11 @@ impl RedisKeyLimiter {
 
     /// Admits a request: counts it against the key's RPM, then takes a concurrency lease
     /// (waiting if needed). The lease (if any) must live as long as the response body.
-    pub async fn admit(&self, key: KeyId, limits: &KeyLimits) -> Result<Option<LeaseGuard>, RelayError> {
+    pub async fn admit(
+        &self,
+        key: KeyId,
+        limits: &KeyLimits,
+    ) -> Result<Option<LeaseGuard>, RelayError> {
         if limits.rpm.is_none() && limits.concurrency.is_none() {
             return Ok(None);
         }
@@ -75,7 +84,10 @@ impl RedisKeyLimiter {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let member = self.hub.member();
-            let pending = self.hub.keeper.pending(vec![lease_key.clone()], member.clone());
+            let pending = self
+                .hub
+                .keeper
+                .pending(vec![lease_key.clone()], member.clone());
             let mut c = self.hub.conn.clone();
             let reply: Vec<i64> = self
                 .hub
@@ -100,11 +112,20 @@ impl RedisKeyLimiter {
                 [-1, retry_ms] => {
                     pending.defuse();
                     return Err(RelayError::rate_limited(
-                        format!("this key is limited to {} requests per minute", limits.rpm.unwrap_or(0)),
+                        format!(
+                            "this key is limited to {} requests per minute",
+                            limits.rpm.unwrap_or(0)
+                        ),
                         Duration::from_millis(retry_ms.max(0) as u64),
                     ));
                 }
-                [1, _] => return Ok(Some(pending.into_lease(lease_key, cap, format!("key:{key}")))),
+                [1, _] => {
+                    return Ok(Some(pending.into_lease(
+                        lease_key,
+                        cap,
+                        format!("key:{key}"),
+                    )));
+                }
                 [2] => {
                     pending.defuse();
                     return Ok(None);
@@ -114,7 +135,9 @@ impl RedisKeyLimiter {
                     if slot.is_none() {
                         slot = Some(self.enter_queue(key).ok_or_else(|| {
                             RelayError::rate_limited(
-                                format!("this key already has {cap} requests in flight and a full queue"),
+                                format!(
+                                    "this key already has {cap} requests in flight and a full queue"
+                                ),
                                 Duration::from_secs(1),
                             )
                         })?);
@@ -127,7 +150,11 @@ impl RedisKeyLimiter {
                         ));
                     }
                 }
-                _ => return Err(RelayError::internal(format!("rate limiter replied {reply:?}"))),
+                _ => {
+                    return Err(RelayError::internal(format!(
+                        "rate limiter replied {reply:?}"
+                    )));
+                }
             }
         }
     }

@@ -28,7 +28,9 @@ pub struct RefreshLock {
 
 impl std::fmt::Debug for RefreshLock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RefreshLock").field("scope", &self.name).finish()
+        f.debug_struct("RefreshLock")
+            .field("scope", &self.name)
+            .finish()
     }
 }
 
@@ -86,10 +88,17 @@ impl Hub {
                 .await?;
             if set.is_some() {
                 let name = format!("refresh:{account}");
-                return Ok(RefreshLock { keeper: self.keeper.clone(), key, token, name });
+                return Ok(RefreshLock {
+                    keeper: self.keeper.clone(),
+                    key,
+                    token,
+                    name,
+                });
             }
             let mut c = self.conn.clone();
-            let pttl: i64 = self.run(redis::cmd("PTTL").arg(&key).query_async(&mut c)).await?;
+            let pttl: i64 = self
+                .run(redis::cmd("PTTL").arg(&key).query_async(&mut c))
+                .await?;
             if !wait(notified, pttl, deadline).await {
                 return Err(RefreshLockError::TimedOut);
             }
@@ -111,14 +120,22 @@ pub struct RedisRefreshLock {
 
 impl RedisRefreshLock {
     pub fn new(hub: Arc<Hub>) -> Self {
-        RedisRefreshLock { hub, ttl: Duration::from_secs(30), max_wait: Duration::from_secs(30) }
+        RedisRefreshLock {
+            hub,
+            ttl: Duration::from_secs(30),
+            max_wait: Duration::from_secs(30),
+        }
     }
 }
 
 #[async_trait]
 impl CoreRefreshLock for RedisRefreshLock {
     async fn lock(&self, account: AccountId) -> Result<Box<dyn RefreshGuard>, String> {
-        match self.hub.acquire_refresh_lock(account, self.ttl, self.max_wait).await {
+        match self
+            .hub
+            .acquire_refresh_lock(account, self.ttl, self.max_wait)
+            .await
+        {
             Ok(l) => Ok(Box::new(l)),
             Err(e) => Err(e.to_string()),
         }

@@ -67,7 +67,13 @@ impl RedisScheduler {
     pub fn new(hub: Arc<Hub>, accounts: Arc<dyn AccountProvider>) -> Self {
         let config = hub.options.scheduler.clone();
         let max_waiting = hub.options.max_waiting;
-        RedisScheduler { hub, accounts, config, max_waiting, waiting: Arc::new(AtomicUsize::new(0)) }
+        RedisScheduler {
+            hub,
+            accounts,
+            config,
+            max_waiting,
+            waiting: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
@@ -83,7 +89,10 @@ impl RedisScheduler {
     pub async fn sticky_account(&self, session: &SessionKey) -> Result<Option<AccountId>, Error> {
         let mut c = self.hub.conn.clone();
         let key = self.sticky_key(Some(session));
-        let v: Option<i64> = self.hub.run(redis::cmd("GET").arg(key).query_async(&mut c)).await?;
+        let v: Option<i64> = self
+            .hub
+            .run(redis::cmd("GET").arg(key).query_async(&mut c))
+            .await?;
         Ok(v.map(AccountId))
     }
 
@@ -113,7 +122,10 @@ impl RedisScheduler {
         let mut soonest: Option<i64> = None;
         let mut candidates: Vec<&Arc<Account>> = Vec::with_capacity(pool.len());
         for a in pool.iter() {
-            if req.excluded.contains(&a.id) || a.platform != req.group.platform || !a.serves_model(req.model) {
+            if req.excluded.contains(&a.id)
+                || a.platform != req.group.platform
+                || !a.serves_model(req.model)
+            {
                 continue;
             }
             match self.accounts.status(a.id) {
@@ -134,7 +146,10 @@ impl RedisScheduler {
             return Ok(Attempt::StickyGone);
         }
         candidates.shuffle(&mut rand::rng());
-        let keys: Vec<String> = candidates.iter().map(|a| self.hub.key(&format!("lease:acct:{}", a.id))).collect();
+        let keys: Vec<String> = candidates
+            .iter()
+            .map(|a| self.hub.key(&format!("lease:acct:{}", a.id)))
+            .collect();
         let member = self.hub.member();
         let (mode_arg, sticky_arg) = match mode {
             Mode::StickyFirst => ("0", String::new()),
@@ -142,7 +157,8 @@ impl RedisScheduler {
             Mode::General => ("2", String::new()),
         };
         let mut inv = scripts::SELECT.prepare_invoke();
-        inv.key(self.sticky_key(req.session)).key(self.hub.key("acct"));
+        inv.key(self.sticky_key(req.session))
+            .key(self.hub.key("acct"));
         for k in &keys {
             inv.key(k);
         }
@@ -164,13 +180,23 @@ impl RedisScheduler {
                     return Err(Error::Protocol(format!("select chose {id}, no candidate")));
                 };
                 let account = candidates[i].clone();
-                let guard =
-                    pending.into_lease(keys[i].clone(), account.concurrency.max(1), format!("acct:{}", account.id));
-                Ok(Attempt::Leased(Lease::new(account, sticky == 1, Box::new(guard))))
+                let guard = pending.into_lease(
+                    keys[i].clone(),
+                    account.concurrency.max(1),
+                    format!("acct:{}", account.id),
+                );
+                Ok(Attempt::Leased(Lease::new(
+                    account,
+                    sticky == 1,
+                    Box::new(guard),
+                )))
             }
             [2, id, wake_ms] => {
                 pending.defuse();
-                Ok(Attempt::StickyBusy { account: AccountId(id), wake_ms })
+                Ok(Attempt::StickyBusy {
+                    account: AccountId(id),
+                    wake_ms,
+                })
             }
             [3, wake_ms] => {
                 pending.defuse();
@@ -197,7 +223,11 @@ impl RedisScheduler {
 #[async_trait]
 impl Scheduler for RedisScheduler {
     async fn select(&self, req: SelectRequest<'_>) -> Result<Lease, ScheduleError> {
-        let mut mode = if req.session.is_some() { Mode::StickyFirst } else { Mode::General };
+        let mut mode = if req.session.is_some() {
+            Mode::StickyFirst
+        } else {
+            Mode::General
+        };
         let mut sticky_deadline: Option<Instant> = None;
         let mut queue_deadline: Option<Instant> = None;
         let mut waiter: Option<Waiter> = None;
@@ -213,18 +243,25 @@ impl Scheduler for RedisScheduler {
                     // Fail closed: without Redis no node can know how many requests an account
                     // already has upstream.
                     tracing::warn!(error = %e, "redis unreachable: refusing to schedule (leases fail closed)");
-                    return Err(ScheduleError::Busy { retry_after: RETRY_AFTER });
+                    return Err(ScheduleError::Busy {
+                        retry_after: RETRY_AFTER,
+                    });
                 }
             };
             match attempt {
                 Attempt::Leased(lease) => return Ok(lease),
-                Attempt::Empty(retry_after) => return Err(ScheduleError::NoAccount { retry_after }),
+                Attempt::Empty(retry_after) => {
+                    return Err(ScheduleError::NoAccount { retry_after });
+                }
                 Attempt::StickyGone => mode = Mode::General,
                 Attempt::StickyBusy { account, wake_ms } => {
                     if waiter.is_none() {
-                        waiter = Some(self.enter_queue().ok_or(ScheduleError::Busy { retry_after: RETRY_AFTER })?);
+                        waiter = Some(self.enter_queue().ok_or(ScheduleError::Busy {
+                            retry_after: RETRY_AFTER,
+                        })?);
                     }
-                    let deadline = *sticky_deadline.get_or_insert_with(|| Instant::now() + self.config.sticky_wait);
+                    let deadline = *sticky_deadline
+                        .get_or_insert_with(|| Instant::now() + self.config.sticky_wait);
                     mode = Mode::StickyOnly(account);
                     if !wait(notified, wake_ms, deadline).await {
                         mode = Mode::General;
@@ -232,12 +269,17 @@ impl Scheduler for RedisScheduler {
                 }
                 Attempt::Busy { wake_ms } => {
                     if waiter.is_none() {
-                        waiter = Some(self.enter_queue().ok_or(ScheduleError::Busy { retry_after: RETRY_AFTER })?);
+                        waiter = Some(self.enter_queue().ok_or(ScheduleError::Busy {
+                            retry_after: RETRY_AFTER,
+                        })?);
                     }
                     mode = Mode::General;
-                    let deadline = *queue_deadline.get_or_insert_with(|| Instant::now() + self.config.queue_wait);
+                    let deadline = *queue_deadline
+                        .get_or_insert_with(|| Instant::now() + self.config.queue_wait);
                     if !wait(notified, wake_ms, deadline).await {
-                        return Err(ScheduleError::Busy { retry_after: RETRY_AFTER });
+                        return Err(ScheduleError::Busy {
+                            retry_after: RETRY_AFTER,
+                        });
                     }
                 }
             }

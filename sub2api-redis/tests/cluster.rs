@@ -12,7 +12,10 @@ use sub2api_core::money::Money;
 use sub2api_core::scheduler::{ScheduleError, Scheduler, SelectRequest};
 use sub2api_core::store::UsageQuery;
 
-async fn two_nodes(accounts: &[AccountSpec], balance: &str) -> (sub2api_axum::mock::MockVendor, Schema, Node, Node) {
+async fn two_nodes(
+    accounts: &[AccountSpec],
+    balance: &str,
+) -> (sub2api_axum::mock::MockVendor, Schema, Node, Node) {
     let vendor = vendor().await;
     let schema = Schema::new().await;
     seed_schema(&schema.url, &seed(&vendor.base_url(), accounts, balance)).await;
@@ -33,7 +36,13 @@ async fn an_account_with_concurrency_two_never_has_more_than_two_upstream_across
         let (client, url) = (node.client.clone(), node.url("/v1/messages"));
         let body = body("claude-haiku-4-5", 32, i % 3 == 0);
         tasks.push(tokio::spawn(async move {
-            let res = client.post(url).header("x-api-key", KEY).body(body.to_string()).send().await.unwrap();
+            let res = client
+                .post(url)
+                .header("x-api-key", KEY)
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
             let status = res.status().as_u16();
             (status, res.text().await.unwrap_or_default())
         }));
@@ -46,7 +55,10 @@ async fn an_account_with_concurrency_two_never_has_more_than_two_upstream_across
     })
     .await;
     assert!(queued.is_some(), "ten requests wait for a slot");
-    assert!(a.cluster.scheduler.waiting() > 0 && b.cluster.scheduler.waiting() > 0, "both nodes have waiters");
+    assert!(
+        a.cluster.scheduler.waiting() > 0 && b.cluster.scheduler.waiting() > 0,
+        "both nodes have waiters"
+    );
     assert_eq!(a.cluster.scheduler.in_use(id).await.unwrap(), 2);
     assert_eq!(vendor.max_in_flight(&key), 2);
     vendor.open_gate(key.as_str());
@@ -55,10 +67,18 @@ async fn an_account_with_concurrency_two_never_has_more_than_two_upstream_across
         assert_eq!(status, 200, "{text}");
     }
     assert_eq!(vendor.count(&key), 12, "all twelve were served");
-    assert_eq!(vendor.max_in_flight(&key), 2, "never more than two upstream at once");
+    assert_eq!(
+        vendor.max_in_flight(&key),
+        2,
+        "never more than two upstream at once"
+    );
     let a = a.stop().await;
     b.stop().await;
-    assert_eq!(a.cluster.scheduler.in_use(id).await.unwrap(), 0, "every lease released");
+    assert_eq!(
+        a.cluster.scheduler.in_use(id).await.unwrap(),
+        0,
+        "every lease released"
+    );
     a.cluster.hub.purge().await.unwrap();
 }
 
@@ -67,7 +87,10 @@ async fn a_429_seen_by_one_node_parks_the_account_for_the_other() {
     // `first` is preferred by both nodes (lower priority number) until it is parked.
     let (vendor, _schema, a, b) = two_nodes(&[("first", 10, 4), ("second", 50, 4)], "10.00").await;
     let reset = SystemTime::now() + Duration::from_secs(3600);
-    vendor.set(mock_key("first"), Knob::Fault(Fault::rate_limited_until(reset)));
+    vendor.set(
+        mock_key("first"),
+        Knob::Fault(Fault::rate_limited_until(reset)),
+    );
     let first = a.account_id("first").await;
     let mut b_changes = b.cluster.accounts.changes();
 
@@ -84,10 +107,18 @@ async fn a_429_seen_by_one_node_parks_the_account_for_the_other() {
     assert_eq!(vendor.count(&mock_key("second")), 7);
 
     // And B's own view (status(), read from its cache) shows the vendor's reset.
-    let want = reset.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let want = reset
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     let seen = tokio::time::timeout(
         Duration::from_secs(5),
-        b_changes.wait_for(|_| matches!(b.cluster.accounts.status(first), AccountStatus::CoolingDown { .. })),
+        b_changes.wait_for(|_| {
+            matches!(
+                b.cluster.accounts.status(first),
+                AccountStatus::CoolingDown { .. }
+            )
+        }),
     )
     .await;
     assert!(seen.is_ok(), "node B's cache heard of the cooldown");
@@ -105,11 +136,20 @@ async fn a_session_alternating_between_nodes_stays_on_one_account() {
     let (vendor, _schema, a, b) = two_nodes(&names, "10.00").await;
     for i in 0..10 {
         let node = if i % 2 == 0 { &a } else { &b };
-        let (status, text, _) = node.send(&session_body("session-alternating", i % 3 == 0)).await;
+        let (status, text, _) = node
+            .send(&session_body("session-alternating", i % 3 == 0))
+            .await;
         assert_eq!(status, 200, "{text}");
     }
-    let counts: Vec<u64> = names.iter().map(|(n, _, _)| vendor.count(&mock_key(n))).collect();
-    assert_eq!(counts.iter().filter(|c| **c > 0).count(), 1, "one account served the session: {counts:?}");
+    let counts: Vec<u64> = names
+        .iter()
+        .map(|(n, _, _)| vendor.count(&mock_key(n)))
+        .collect();
+    assert_eq!(
+        counts.iter().filter(|c| **c > 0).count(),
+        1,
+        "one account served the session: {counts:?}"
+    );
     assert_eq!(counts.iter().sum::<u64>(), 10);
 
     // Distinct sessions still spread over the pool.
@@ -118,7 +158,10 @@ async fn a_session_alternating_between_nodes_stays_on_one_account() {
         let (status, _, _) = node.send(&session_body(&format!("other-{i}"), false)).await;
         assert_eq!(status, 200);
     }
-    let used = names.iter().filter(|(n, _, _)| vendor.count(&mock_key(n)) > 0).count();
+    let used = names
+        .iter()
+        .filter(|(n, _, _)| vendor.count(&mock_key(n)) > 0)
+        .count();
     assert!(used >= 2, "distinct sessions use more than one account");
     a.stop().await;
     b.stop().await.cluster.hub.purge().await.unwrap();
@@ -136,16 +179,33 @@ async fn one_balance_spent_from_both_nodes_at_once_never_goes_negative_and_sums_
         let (client, url) = (node.client.clone(), node.url("/v1/messages"));
         let body = body("claude-haiku-4-5", 64, i % 3 == 0);
         tasks.push(tokio::spawn(async move {
-            let res = client.post(url).header("x-api-key", KEY).body(body.to_string()).send().await.unwrap();
+            let res = client
+                .post(url)
+                .header("x-api-key", KEY)
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
             let status = res.status().as_u16();
             (status, res.text().await.unwrap_or_default())
         }));
     }
     // Every request either holds (and waits at the vendor's gate) or was refused.
     vendor.wait_for_requests(3).await;
-    let user = a.relay.parts().directory.user_by_email(USER).await.unwrap().unwrap().id;
+    let user = a
+        .relay
+        .parts()
+        .directory
+        .user_by_email(USER)
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
     let mid = a.relay.parts().ledger.balance(user).await.unwrap();
-    assert!(!mid.available().is_negative() && mid.held <= mid.total, "{mid:?}");
+    assert!(
+        !mid.available().is_negative() && mid.held <= mid.total,
+        "{mid:?}"
+    );
     vendor.open_all_gates();
     let mut ok = 0;
     for t in tasks {
@@ -162,14 +222,39 @@ async fn one_balance_spent_from_both_nodes_at_once_never_goes_negative_and_sums_
     let a = a.stop().await;
     let b = b.stop().await;
     let balance = a.relay.parts().ledger.balance(user).await.unwrap();
-    assert!(!balance.total.is_negative(), "balance went negative: {balance:?}");
+    assert!(
+        !balance.total.is_negative(),
+        "balance went negative: {balance:?}"
+    );
     assert_eq!(balance.held, Money::ZERO);
-    let records = b.relay.parts().usage_log.query(&UsageQuery { limit: 1000, ..Default::default() }).await.unwrap();
-    let charged = records.iter().fold(Money::ZERO, |s, r| s.checked_add(r.cost).unwrap());
-    assert_eq!(Money::parse_usd("0.005").unwrap().checked_sub(charged).unwrap(), balance.total, "charges sum exactly");
+    let records = b
+        .relay
+        .parts()
+        .usage_log
+        .query(&UsageQuery {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let charged = records
+        .iter()
+        .fold(Money::ZERO, |s, r| s.checked_add(r.cost).unwrap());
+    assert_eq!(
+        Money::parse_usd("0.005")
+            .unwrap()
+            .checked_sub(charged)
+            .unwrap(),
+        balance.total,
+        "charges sum exactly"
+    );
     assert_eq!(records.len(), ok, "one usage row per served request");
     assert!(ok >= 3, "at least three were served (got {ok})");
-    assert_eq!(vendor.total().requests as usize, ok, "nothing refused went upstream");
+    assert_eq!(
+        vendor.total().requests as usize,
+        ok,
+        "nothing refused went upstream"
+    );
     b.cluster.hub.purge().await.unwrap();
 }
 
@@ -177,16 +262,35 @@ async fn one_balance_spent_from_both_nodes_at_once_never_goes_negative_and_sums_
 async fn a_killed_nodes_leases_free_themselves_within_the_lease_ttl() {
     let vendor = vendor().await;
     let schema = Schema::new().await;
-    seed_schema(&schema.url, &seed(&vendor.base_url(), &[("k1", 50, 2)], "10.00")).await;
+    seed_schema(
+        &schema.url,
+        &seed(&vendor.base_url(), &[("k1", 50, 2)], "10.00"),
+    )
+    .await;
     let prefix = random_prefix();
     let ttl = Duration::from_millis(1500);
-    let short =
-        sub2api_redis::RedisOptions { lease_ttl: ttl, renew_every: Duration::from_millis(300), ..options(&prefix) };
+    let short = sub2api_redis::RedisOptions {
+        lease_ttl: ttl,
+        renew_every: Duration::from_millis(300),
+        ..options(&prefix)
+    };
     let doomed = Node::start(&schema.url, &redis_url(), short.clone()).await;
     let survivor = Node::start(&schema.url, &redis_url(), short).await;
     let id = survivor.account_id("k1").await;
-    let group = survivor.relay.parts().directory.group_by_name("default").await.unwrap().unwrap();
-    let req = || SelectRequest { group: &group, model: "claude-haiku-4-5", session: None, excluded: &[] };
+    let group = survivor
+        .relay
+        .parts()
+        .directory
+        .group_by_name("default")
+        .await
+        .unwrap()
+        .unwrap();
+    let req = || SelectRequest {
+        group: &group,
+        model: "claude-haiku-4-5",
+        session: None,
+        excluded: &[],
+    };
 
     // The doomed node takes both slots, and keeps them past the TTL by its heartbeat.
     let l1 = doomed.cluster.scheduler.select(req()).await.unwrap();
@@ -194,7 +298,11 @@ async fn a_killed_nodes_leases_free_themselves_within_the_lease_ttl() {
     let held_since = tokio::time::Instant::now();
     let renewed = eventually(ttl * 3, async || held_since.elapsed() > ttl * 2).await;
     assert!(renewed.is_some());
-    assert_eq!(survivor.cluster.scheduler.in_use(id).await.unwrap(), 2, "heartbeat keeps live leases past the TTL");
+    assert_eq!(
+        survivor.cluster.scheduler.in_use(id).await.unwrap(),
+        2,
+        "heartbeat keeps live leases past the TTL"
+    );
 
     // It dies holding them: no release, no heartbeat.
     doomed.cluster.hub.abandon();
@@ -204,25 +312,52 @@ async fn a_killed_nodes_leases_free_themselves_within_the_lease_ttl() {
 
     // A request on the survivor waits for a slot and gets one when the dead leases expire
     // (woken by the expiry the select script reported, not by polling or a release).
-    let lease = survivor.cluster.scheduler.select(req()).await.expect("slot usable again");
+    let lease = survivor
+        .cluster
+        .scheduler
+        .select(req())
+        .await
+        .expect("slot usable again");
     let waited = died.elapsed();
-    assert!(waited <= ttl + Duration::from_millis(700), "slot usable again after {waited:?} (TTL {ttl:?})");
+    assert!(
+        waited <= ttl + Duration::from_millis(700),
+        "slot usable again after {waited:?} (TTL {ttl:?})"
+    );
     assert_eq!(lease.account.id, id);
     drop(lease);
-    let freed = eventually(ttl * 2, async || survivor.cluster.scheduler.in_use(id).await.unwrap() == 0).await;
+    let freed = eventually(ttl * 2, async || {
+        survivor.cluster.scheduler.in_use(id).await.unwrap() == 0
+    })
+    .await;
     assert!(freed.is_some(), "the dead node's second lease expired too");
     survivor.stop().await.cluster.hub.purge().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pool_with_every_slot_parked_answers_no_account_and_a_cleared_account_comes_back_everywhere() {
+async fn a_pool_with_every_slot_parked_answers_no_account_and_a_cleared_account_comes_back_everywhere()
+ {
     let (vendor, _schema, a, b) = two_nodes(&[("only", 50, 2)], "10.00").await;
     vendor.set(mock_key("only"), Knob::Fault(Fault::Unauthorized));
     let (status, text, _) = a.send(&body("claude-sonnet-4-5", 32, false)).await;
-    assert_eq!(status, 401, "the vendor's refusal is returned when nothing is left: {text}");
+    assert_eq!(
+        status, 401,
+        "the vendor's refusal is returned when nothing is left: {text}"
+    );
     let id = a.account_id("only").await;
-    let group = b.relay.parts().directory.group_by_name("default").await.unwrap().unwrap();
-    let req = SelectRequest { group: &group, model: "claude-haiku-4-5", session: None, excluded: &[] };
+    let group = b
+        .relay
+        .parts()
+        .directory
+        .group_by_name("default")
+        .await
+        .unwrap()
+        .unwrap();
+    let req = SelectRequest {
+        group: &group,
+        model: "claude-haiku-4-5",
+        session: None,
+        excluded: &[],
+    };
     match b.cluster.scheduler.select(req.clone()).await {
         Err(ScheduleError::NoAccount { .. }) => {}
         other => panic!("node B must not schedule a disabled account: {other:?}"),

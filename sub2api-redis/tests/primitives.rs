@@ -9,12 +9,15 @@ use std::time::Duration;
 
 use common::{eventually, options, random_prefix, redis_url};
 use sub2api_core::account_provider::{AccountProvider, AccountStatus, Outcome, now_ms};
-use sub2api_core::domain::{Account, AccountId, Credentials, Group, KeyHash, KeyId, KeyLimits, Secret};
+use sub2api_core::domain::{
+    Account, AccountId, Credentials, Group, KeyHash, KeyId, KeyLimits, Secret,
+};
 use sub2api_core::memory::MemoryAccountProvider;
 use sub2api_core::oauth::RefreshLock as CoreRefreshLock;
 use sub2api_core::scheduler::{ScheduleError, Scheduler, SelectRequest, SessionKey};
 use sub2api_redis::{
-    KeyInvalidation, RedisCluster, RedisKeyLimiter, RedisOptions, RedisRefreshLock, RefreshLockError, connect,
+    KeyInvalidation, RedisCluster, RedisKeyLimiter, RedisOptions, RedisRefreshLock,
+    RefreshLockError, connect,
 };
 
 fn account(id: i64, priority: i32, concurrency: u32) -> (Account, Credentials) {
@@ -28,12 +31,23 @@ fn account(id: i64, priority: i32, concurrency: u32) -> (Account, Credentials) {
 }
 
 fn group() -> Group {
-    serde_json::from_value(serde_json::json!({"id": 1, "name": "g", "platform": "anthropic", "rate_multiplier": "1"}))
-        .unwrap()
+    serde_json::from_value(
+        serde_json::json!({"id": 1, "name": "g", "platform": "anthropic", "rate_multiplier": "1"}),
+    )
+    .unwrap()
 }
 
-fn req<'a>(g: &'a Group, session: Option<&'a SessionKey>, excluded: &'a [AccountId]) -> SelectRequest<'a> {
-    SelectRequest { group: g, model: "claude-sonnet-4-5", session, excluded }
+fn req<'a>(
+    g: &'a Group,
+    session: Option<&'a SessionKey>,
+    excluded: &'a [AccountId],
+) -> SelectRequest<'a> {
+    SelectRequest {
+        group: g,
+        model: "claude-sonnet-4-5",
+        session,
+        excluded,
+    }
 }
 
 async fn node(
@@ -43,7 +57,13 @@ async fn node(
 ) -> RedisCluster {
     let mut o = options(prefix);
     opts(&mut o);
-    connect(&redis_url(), Arc::new(MemoryAccountProvider::new(accounts)), o).await.unwrap()
+    connect(
+        &redis_url(),
+        Arc::new(MemoryAccountProvider::new(accounts)),
+        o,
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -56,12 +76,19 @@ async fn selection_prefers_priority_then_load_across_nodes() {
     let x = a.scheduler.select(req(&g, None, &[])).await.unwrap();
     let y = b.scheduler.select(req(&g, None, &[])).await.unwrap();
     let z = a.scheduler.select(req(&g, None, &[])).await.unwrap();
-    assert_eq!((x.account.id, y.account.id, z.account.id), (AccountId(1), AccountId(1), AccountId(2)));
+    assert_eq!(
+        (x.account.id, y.account.id, z.account.id),
+        (AccountId(1), AccountId(1), AccountId(2))
+    );
     // Excluded accounts are skipped, even when preferred.
     drop(x);
     b.hub.flush().await;
     a.hub.flush().await;
-    let w = b.scheduler.select(req(&g, None, &[AccountId(1)])).await.unwrap();
+    let w = b
+        .scheduler
+        .select(req(&g, None, &[AccountId(1)]))
+        .await
+        .unwrap();
     assert_eq!(w.account.id, AccountId(2));
 }
 
@@ -85,7 +112,14 @@ async fn equal_accounts_share_by_load_then_least_recently_used() {
     // Sequential, with nothing held: least recently used rotates through all three.
     let mut seen = Vec::new();
     for _ in 0..3 {
-        seen.push(a.scheduler.select(req(&g, None, &[])).await.unwrap().account.id);
+        seen.push(
+            a.scheduler
+                .select(req(&g, None, &[]))
+                .await
+                .unwrap()
+                .account
+                .id,
+        );
         a.hub.flush().await;
     }
     seen.sort();
@@ -96,8 +130,14 @@ async fn equal_accounts_share_by_load_then_least_recently_used() {
 async fn a_sticky_session_waits_briefly_for_its_busy_account_then_moves() {
     let prefix = random_prefix();
     let pool = || vec![account(1, 50, 1), account(2, 50, 1)];
-    let a = node(&prefix, pool(), |o| o.scheduler.sticky_wait = Duration::from_millis(300)).await;
-    let b = node(&prefix, pool(), |o| o.scheduler.sticky_wait = Duration::from_millis(300)).await;
+    let a = node(&prefix, pool(), |o| {
+        o.scheduler.sticky_wait = Duration::from_millis(300)
+    })
+    .await;
+    let b = node(&prefix, pool(), |o| {
+        o.scheduler.sticky_wait = Duration::from_millis(300)
+    })
+    .await;
     let g = group();
     let s = SessionKey("k:sess".into());
     let first = a.scheduler.select(req(&g, Some(&s), &[])).await.unwrap();
@@ -111,16 +151,25 @@ async fn a_sticky_session_waits_briefly_for_its_busy_account_then_moves() {
         let l = b2.select(req(&g2, Some(&s2), &[])).await.unwrap();
         (l.account.id, l.sticky)
     });
-    eventually(Duration::from_secs(5), async || b.scheduler.waiting() == 1).await.unwrap();
+    eventually(Duration::from_secs(5), async || b.scheduler.waiting() == 1)
+        .await
+        .unwrap();
     drop(first);
-    assert_eq!(waiter.await.unwrap(), (bound, true), "the session kept its account");
+    assert_eq!(
+        waiter.await.unwrap(),
+        (bound, true),
+        "the session kept its account"
+    );
     // Held past the sticky wait: the session moves and is re-bound.
     let hold = a.scheduler.select(req(&g, Some(&s), &[])).await.unwrap();
     assert_eq!(hold.account.id, bound);
     let moved = b.scheduler.select(req(&g, Some(&s), &[])).await.unwrap();
     assert_ne!(moved.account.id, bound);
     assert!(!moved.sticky);
-    assert_eq!(a.scheduler.sticky_account(&s).await.unwrap(), Some(moved.account.id));
+    assert_eq!(
+        a.scheduler.sticky_account(&s).await.unwrap(),
+        Some(moved.account.id)
+    );
 }
 
 #[tokio::test]
@@ -135,14 +184,23 @@ async fn a_full_pool_waits_in_a_bounded_queue_and_times_out_with_busy() {
     let held = a.scheduler.select(req(&g, None, &[])).await.unwrap();
     let s = a.scheduler.clone();
     let g2 = g.clone();
-    let first = tokio::spawn(async move { s.select(req(&g2, None, &[])).await.map(|l| l.account.id) });
-    eventually(Duration::from_secs(5), async || a.scheduler.waiting() == 1).await.unwrap();
+    let first =
+        tokio::spawn(async move { s.select(req(&g2, None, &[])).await.map(|l| l.account.id) });
+    eventually(Duration::from_secs(5), async || a.scheduler.waiting() == 1)
+        .await
+        .unwrap();
     // The queue (one place) is full: refused at once.
     let start = tokio::time::Instant::now();
-    assert!(matches!(a.scheduler.select(req(&g, None, &[])).await, Err(ScheduleError::Busy { .. })));
+    assert!(matches!(
+        a.scheduler.select(req(&g, None, &[])).await,
+        Err(ScheduleError::Busy { .. })
+    ));
     assert!(start.elapsed() < Duration::from_millis(250));
     // The waiter times out after queue_wait.
-    assert!(matches!(first.await.unwrap(), Err(ScheduleError::Busy { .. })));
+    assert!(matches!(
+        first.await.unwrap(),
+        Err(ScheduleError::Busy { .. })
+    ));
     drop(held);
 }
 
@@ -155,10 +213,14 @@ async fn cooldowns_reported_on_one_node_park_the_account_on_the_other_and_report
     let g = group();
     let (acct, _) = account(1, 50, 1);
     let until = now_ms() + 30_000;
-    a.accounts.report(&acct, Outcome::RateLimited { until_ms: until }).await;
+    a.accounts
+        .report(&acct, Outcome::RateLimited { until_ms: until })
+        .await;
     // B's cache may not have heard yet, but the select script has.
     match b.scheduler.select(req(&g, None, &[])).await {
-        Err(ScheduleError::NoAccount { retry_after: Some(d) }) => assert!(d > Duration::from_secs(25), "{d:?}"),
+        Err(ScheduleError::NoAccount {
+            retry_after: Some(d),
+        }) => assert!(d > Duration::from_secs(25), "{d:?}"),
         other => panic!("{other:?}"),
     }
     let mut changes = b.accounts.changes();
@@ -171,7 +233,10 @@ async fn cooldowns_reported_on_one_node_park_the_account_on_the_other_and_report
     .unwrap();
     assert_eq!(
         b.accounts.status(AccountId(1)),
-        AccountStatus::CoolingDown { until_ms: until, reason: "rate limited".into() }
+        AccountStatus::CoolingDown {
+            until_ms: until,
+            reason: "rate limited".into()
+        }
     );
     // A new node starting now loads it too.
     let c = node(&prefix, pool(), |_| {}).await;
@@ -189,7 +254,10 @@ async fn key_limits_hold_across_nodes() {
     lb.max_wait = Duration::from_secs(5);
     let lb = Arc::new(lb);
     // Concurrency 1 across both nodes.
-    let limits = KeyLimits { concurrency: Some(1), rpm: None };
+    let limits = KeyLimits {
+        concurrency: Some(1),
+        rpm: None,
+    };
     let p1 = la.admit(KeyId(9), &limits).await.unwrap().expect("a lease");
     let e = la.admit(KeyId(9), &limits).await.unwrap_err(); // waits 200 ms, times out
     assert!(e.retry_after.is_some());
@@ -201,11 +269,17 @@ async fn key_limits_hold_across_nodes() {
     assert!(waiter.await.unwrap().unwrap());
     // Three requests a minute across both nodes: the fourth is refused until the minute turns.
     // (Retried once with a fresh key if the minute turned during the sequence.)
-    let rpm = KeyLimits { concurrency: None, rpm: Some(3) };
+    let rpm = KeyLimits {
+        concurrency: None,
+        rpm: Some(3),
+    };
     for key in [KeyId(11), KeyId(12)] {
         let minute = now_ms() / 60_000;
         for l in [&la, &lb, &la] {
-            assert!(l.admit(key, &rpm).await.unwrap().is_none(), "admitted without a lease");
+            assert!(
+                l.admit(key, &rpm).await.unwrap().is_none(),
+                "admitted without a lease"
+            );
         }
         let fourth = lb.admit(key, &rpm).await;
         if now_ms() / 60_000 != minute {
@@ -216,7 +290,12 @@ async fn key_limits_hold_across_nodes() {
         break;
     }
     // No limits: admitted without touching anything.
-    assert!(la.admit(KeyId(10), &KeyLimits::default()).await.unwrap().is_none());
+    assert!(
+        la.admit(KeyId(10), &KeyLimits::default())
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -225,20 +304,41 @@ async fn one_node_refreshes_a_token_while_the_others_wait_for_it() {
     let a = node(&prefix, vec![], |_| {}).await;
     let b = node(&prefix, vec![], |_| {}).await;
     let ttl = Duration::from_secs(10);
-    let lock = a.hub.acquire_refresh_lock(AccountId(5), ttl, Duration::from_secs(5)).await.unwrap();
+    let lock = a
+        .hub
+        .acquire_refresh_lock(AccountId(5), ttl, Duration::from_secs(5))
+        .await
+        .unwrap();
     // Core's trait on node B: waits for node A's refresh.
     let core_lock: Arc<dyn CoreRefreshLock> = Arc::new(RedisRefreshLock::new(b.hub.clone()));
-    let waiter = tokio::spawn(async move { core_lock.lock(AccountId(5)).await.map(|_| tokio::time::Instant::now()) });
+    let waiter = tokio::spawn(async move {
+        core_lock
+            .lock(AccountId(5))
+            .await
+            .map(|_| tokio::time::Instant::now())
+    });
     // Someone who cannot wait that long gives up (and would refresh without the lock).
-    let e = b.hub.acquire_refresh_lock(AccountId(5), ttl, Duration::from_millis(100)).await.unwrap_err();
+    let e = b
+        .hub
+        .acquire_refresh_lock(AccountId(5), ttl, Duration::from_millis(100))
+        .await
+        .unwrap_err();
     assert!(matches!(e, RefreshLockError::TimedOut), "{e}");
     assert!(!waiter.is_finished(), "waits for the holder");
     let released = tokio::time::Instant::now();
     drop(lock);
-    let got = waiter.await.unwrap().expect("node B takes the lock after node A");
+    let got = waiter
+        .await
+        .unwrap()
+        .expect("node B takes the lock after node A");
     assert!(got >= released);
     // Other accounts are independent.
-    assert!(a.hub.acquire_refresh_lock(AccountId(6), ttl, Duration::ZERO).await.is_ok());
+    assert!(
+        a.hub
+            .acquire_refresh_lock(AccountId(6), ttl, Duration::ZERO)
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -257,10 +357,17 @@ async fn key_invalidations_reach_every_node() {
     }
     let hash = KeyHash::of("sk-some-key");
     a.hub.publish_key_invalidation(&hash).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap();
-    assert_eq!(seen.lock().unwrap().as_slice(), &[KeyInvalidation::Key(hash)]);
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap();
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        &[KeyInvalidation::Key(hash)]
+    );
     a.hub.publish_key_invalidation_all().await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap();
     assert_eq!(seen.lock().unwrap().last(), Some(&KeyInvalidation::All));
 }
 
@@ -269,13 +376,28 @@ async fn generic_leases_cap_any_scope_and_a_cancelled_select_leaves_nothing_behi
     let prefix = random_prefix();
     let a = node(&prefix, vec![account(1, 50, 1)], |_| {}).await;
     let b = node(&prefix, vec![account(1, 50, 1)], |_| {}).await;
-    let l = a.hub.acquire_lease("user:1", 1, Duration::ZERO).await.unwrap().expect("room");
-    assert!(b.hub.acquire_lease("user:1", 1, Duration::from_millis(50)).await.unwrap().is_none());
+    let l = a
+        .hub
+        .acquire_lease("user:1", 1, Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("room");
+    assert!(
+        b.hub
+            .acquire_lease("user:1", 1, Duration::from_millis(50))
+            .await
+            .unwrap()
+            .is_none()
+    );
     let hub = b.hub.clone();
-    let waiter = tokio::spawn(async move { hub.acquire_lease("user:1", 1, Duration::from_secs(5)).await });
+    let waiter =
+        tokio::spawn(async move { hub.acquire_lease("user:1", 1, Duration::from_secs(5)).await });
     tokio::task::yield_now().await;
     drop(l);
-    assert!(waiter.await.unwrap().unwrap().is_some(), "woken by the release on the other node");
+    assert!(
+        waiter.await.unwrap().unwrap().is_some(),
+        "woken by the release on the other node"
+    );
 
     // Selects cancelled at every point: no lease may survive them.
     let g = group();
@@ -301,21 +423,44 @@ async fn an_operator_change_on_one_node_reloads_accounts_on_every_node() {
     use sub2api_core::store::Directory;
     let directory = Arc::new(MemoryDirectory::new());
     let ledger = MemoryLedger::new();
-    let seed = |n: usize| common::seed("http://127.0.0.1:9", &[("x1", 50, 2), ("x2", 50, 2)][..n], "1.00");
-    sub2api_core::config::apply_seed(&seed(1), directory.as_ref(), &ledger).await.unwrap();
+    let seed = |n: usize| {
+        common::seed(
+            "http://127.0.0.1:9",
+            &[("x1", 50, 2), ("x2", 50, 2)][..n],
+            "1.00",
+        )
+    };
+    sub2api_core::config::apply_seed(&seed(1), directory.as_ref(), &ledger)
+        .await
+        .unwrap();
     let dir: Arc<dyn Directory> = directory.clone();
     let prefix = random_prefix();
     let mut nodes = Vec::new();
     for _ in 0..2 {
-        let accounts = Arc::new(MemoryAccountProvider::from_directory(dir.clone()).await.unwrap());
-        nodes.push(connect(&redis_url(), accounts, options(&prefix)).await.unwrap());
+        let accounts = Arc::new(
+            MemoryAccountProvider::from_directory(dir.clone())
+                .await
+                .unwrap(),
+        );
+        nodes.push(
+            connect(&redis_url(), accounts, options(&prefix))
+                .await
+                .unwrap(),
+        );
     }
     let group = dir.group_by_name("default").await.unwrap().unwrap();
     assert_eq!(nodes[1].accounts.pool(group.id).len(), 1);
     // The operator adds an account through node 0's admin API.
-    sub2api_core::config::apply_seed(&seed(2), directory.as_ref(), &ledger).await.unwrap();
-    PoolControl::reload(nodes[0].accounts.as_ref()).await.unwrap();
+    sub2api_core::config::apply_seed(&seed(2), directory.as_ref(), &ledger)
+        .await
+        .unwrap();
+    PoolControl::reload(nodes[0].accounts.as_ref())
+        .await
+        .unwrap();
     assert_eq!(nodes[0].accounts.pool(group.id).len(), 2);
-    let seen = eventually(Duration::from_secs(5), async || nodes[1].accounts.pool(group.id).len() == 2).await;
+    let seen = eventually(Duration::from_secs(5), async || {
+        nodes[1].accounts.pool(group.id).len() == 2
+    })
+    .await;
     assert!(seen.is_some(), "node 1 reloaded on node 0's announcement");
 }

@@ -188,7 +188,10 @@ mod tests {
             refresh_token: Secret::new("ref"),
             expires_at_ms: Some(42),
         });
-        assert_eq!(open_credentials(&k, "o", &seal_credentials(&k, "o", &o)).unwrap(), o);
+        assert_eq!(
+            open_credentials(&k, "o", &seal_credentials(&k, "o", &o)).unwrap(),
+            o
+        );
         let b = Credentials::Bearer(Secret::new("tok"));
         assert_eq!(
             open_credentials(&k, "x", &seal_credentials(&k, "x", &b)).unwrap(),

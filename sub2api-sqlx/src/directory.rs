@@ -124,7 +124,9 @@ impl SqlStore {
             groups,
             enabled: r.bool("enabled")?,
             options: match r.opt_text("options")? {
-                Some(json) if !json.is_empty() => serde_json::from_str(&json).map_err(|_| decode_err("options", &json))?,
+                Some(json) if !json.is_empty() => {
+                    serde_json::from_str(&json).map_err(|_| decode_err("options", &json))?
+                }
                 _ => Default::default(),
             },
         })
@@ -253,7 +255,8 @@ impl Directory for SqlStore {
             StoreError::Invalid("no master key configured: credentials cannot be stored".into())
         })?;
         let sealed = seal_credentials(key, &account.name, &account.credentials);
-        let options_json = serde_json::to_string(&account.options).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let options_json = serde_json::to_string(&account.options)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
         let now = self.now_ms();
         let pool = &self.shared().pool;
         let result = in_tx!(pool, |tx| {
@@ -399,12 +402,16 @@ impl Directory for SqlStore {
         &self,
         pending: &sub2api_core::oauth::PendingAuthorization,
     ) -> Result<(), StoreError> {
-        let data = serde_json::to_string(pending).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let data =
+            serde_json::to_string(pending).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let pool = &self.shared().pool;
         // Authorizations nobody completed are forgotten after a day.
-        pool.exec(Q::new("DELETE FROM oauth_pending WHERE created_at < $1").bind(self.now_ms() - 86_400_000))
-            .await
-            .map_err(store_err)?;
+        pool.exec(
+            Q::new("DELETE FROM oauth_pending WHERE created_at < $1")
+                .bind(self.now_ms() - 86_400_000),
+        )
+        .await
+        .map_err(store_err)?;
         pool.exec(
             Q::new(
                 "INSERT INTO oauth_pending (state, data, created_at) VALUES ($1, $2, $3)
@@ -425,12 +432,19 @@ impl Directory for SqlStore {
     ) -> Result<Option<sub2api_core::oauth::PendingAuthorization>, StoreError> {
         let pool = &self.shared().pool;
         let row = match state {
-            Some(st) => pool
-                .opt(Q::new("SELECT state, data FROM oauth_pending WHERE state = $1").bind(st.to_owned()))
-                .await,
-            None => pool
-                .opt(Q::new("SELECT state, data FROM oauth_pending ORDER BY created_at DESC LIMIT 1"))
-                .await,
+            Some(st) => {
+                pool.opt(
+                    Q::new("SELECT state, data FROM oauth_pending WHERE state = $1")
+                        .bind(st.to_owned()),
+                )
+                .await
+            }
+            None => {
+                pool.opt(Q::new(
+                    "SELECT state, data FROM oauth_pending ORDER BY created_at DESC LIMIT 1",
+                ))
+                .await
+            }
         }
         .map_err(store_err)?;
         let Some(row) = row else { return Ok(None) };
@@ -682,9 +696,7 @@ impl Directory for SqlStore {
         .map_err(store_err)
     }
 
-    fn key_quotas(
-        self: Arc<Self>,
-    ) -> Option<Arc<dyn sub2api_core::api::quota::KeyQuotas>> {
+    fn key_quotas(self: Arc<Self>) -> Option<Arc<dyn sub2api_core::api::quota::KeyQuotas>> {
         Some(self)
     }
 }

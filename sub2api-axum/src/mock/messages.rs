@@ -148,7 +148,9 @@ fn validate(
             for (i, m) in list.iter().enumerate() {
                 let role = m.get("role").and_then(Value::as_str);
                 if !matches!(role, Some("user" | "assistant")) || m.get("content").is_none() {
-                    return Err(format!("messages.{i}: Input should be a valid message with role and content"));
+                    return Err(format!(
+                        "messages.{i}: Input should be a valid message with role and content"
+                    ));
                 }
             }
         }

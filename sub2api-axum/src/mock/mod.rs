@@ -48,10 +48,10 @@ mod knobs;
 mod messages;
 mod oauth;
 mod openai;
+pub mod payments;
 mod sse;
 mod state;
 pub mod usage;
-pub mod payments;
 
 #[cfg(test)]
 mod tests;
@@ -68,9 +68,9 @@ use tokio::task::JoinHandle;
 
 pub use knobs::{DEFAULT_REPLY_WORDS, Fault, Knob, Scope, rfc3339};
 pub use messages::{FAULT_HEADER, MODELS, api_key};
+pub use oauth::{MOCK_CHATGPT_ACCOUNT_ID, OAuthMock};
 pub use sse::pieces as reply_pieces;
 pub use state::{KeyStats, MockState, Outcome, RecordedRequest};
-pub use oauth::{MOCK_CHATGPT_ACCOUNT_ID, OAuthMock};
 pub use usage::{CacheCreation, ServerToolUse, Usage};
 
 /// Anthropic accepts request bodies up to 32 MB; the mock must not refuse what the relay passes.
@@ -101,7 +101,10 @@ pub fn router_with(state: MockState, oauth: OAuthMock) -> Router {
         .route("/v1beta/models/{model}", post(gemini::models))
         .route("/v1/models/{model}", post(gemini::models))
         .route("/v1internal:generateContent", post(gemini::code_assist))
-        .route("/v1internal:streamGenerateContent", post(gemini::code_assist))
+        .route(
+            "/v1internal:streamGenerateContent",
+            post(gemini::code_assist),
+        )
         .route("/v1internal:countTokens", post(gemini::code_assist))
         .fallback(messages::not_found)
         .with_state(state)

@@ -712,7 +712,8 @@ impl Api {
         };
         let mut res = Response::new(full(Bytes::from(text)));
         *res.status_mut() = status;
-        res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+        res.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
         res
     }
 

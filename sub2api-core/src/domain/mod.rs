@@ -7,7 +7,10 @@ mod principal;
 mod secret;
 mod usage;
 
-pub use account::{Account, AccountKind, AccountOptions, Credentials, OAuthTokens, Platform, ProxyUrl, pattern_matches};
+pub use account::{
+    Account, AccountKind, AccountOptions, Credentials, OAuthTokens, Platform, ProxyUrl,
+    pattern_matches,
+};
 pub use group::Group;
 pub use principal::{ApiKey, IpNet, KeyHash, KeyLimits, KeyRules, Principal, User};
 pub use secret::Secret;

@@ -18,7 +18,10 @@ pub struct Usage {
 impl Usage {
     /// All prompt-side tokens (uncached + written + read), which selects the long-context tier.
     pub fn prompt_tokens(&self) -> u64 {
-        self.input_tokens + self.cache_creation_5m_tokens + self.cache_creation_1h_tokens + self.cache_read_tokens
+        self.input_tokens
+            + self.cache_creation_5m_tokens
+            + self.cache_creation_1h_tokens
+            + self.cache_read_tokens
     }
 
     pub fn cache_creation_tokens(&self) -> u64 {

@@ -64,14 +64,27 @@ impl KeyCache {
     /// The principal of a key that works now (an expired key finds nothing).
     pub async fn lookup(&self, key: &str) -> Result<Option<Principal>, RelayError> {
         let now = crate::account_provider::now_ms();
-        Ok(self.lookup_any(key).await?.filter(|p| !p.rules.is_expired(now)))
+        Ok(self
+            .lookup_any(key)
+            .await?
+            .filter(|p| !p.rules.is_expired(now)))
     }
 
     /// Resolves a key for a request from `client`: refuses unknown, disabled and expired keys
     /// (401) and clients outside the key's IP allowlist (403).
-    pub async fn authorize(&self, key: &str, client: Option<std::net::IpAddr>) -> Result<Principal, RelayError> {
-        let principal = self.lookup_any(key).await?.ok_or_else(|| RelayError::authentication("invalid API key"))?;
-        if principal.rules.is_expired(crate::account_provider::now_ms()) {
+    pub async fn authorize(
+        &self,
+        key: &str,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Principal, RelayError> {
+        let principal = self
+            .lookup_any(key)
+            .await?
+            .ok_or_else(|| RelayError::authentication("invalid API key"))?;
+        if principal
+            .rules
+            .is_expired(crate::account_provider::now_ms())
+        {
             return Err(RelayError::authentication("this API key has expired"));
         }
         if !principal.rules.allows_ip(client) {
@@ -98,9 +111,16 @@ impl KeyCache {
         }
         let p = self.directory.principal(&hash).await.map_err(|e| {
             tracing::error!(error = %e, "key lookup failed");
-            RelayError::overloaded("authentication temporarily unavailable", Some(Duration::from_secs(1)))
+            RelayError::overloaded(
+                "authentication temporarily unavailable",
+                Some(Duration::from_secs(1)),
+            )
         })?;
-        let ttl = if p.is_some() { self.ttl } else { self.negative_ttl };
+        let ttl = if p.is_some() {
+            self.ttl
+        } else {
+            self.negative_ttl
+        };
         let mut entries = self.entries.lock().unwrap();
         if entries.len() > 100_000 {
             entries.retain(|_, (_, exp)| *exp > now);
@@ -120,8 +140,18 @@ impl KeyCache {
 }
 
 /// The API key a request carries, wherever the client's SDK puts it.
-pub fn extract_key<'a>(headers: &'a HeaderMap, query: Option<&'a str>, allow_query: bool) -> Option<&'a str> {
-    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
+pub fn extract_key<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+    allow_query: bool,
+) -> Option<&'a str> {
+    let header = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
     header("x-api-key")
         .or_else(|| {
             header("authorization").and_then(|v| {
@@ -134,7 +164,10 @@ pub fn extract_key<'a>(headers: &'a HeaderMap, query: Option<&'a str>, allow_que
             if !allow_query {
                 return None;
             }
-            query?.split('&').find_map(|kv| kv.strip_prefix("key=")).filter(|k| !k.is_empty())
+            query?
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("key="))
+                .filter(|k| !k.is_empty())
         })
 }
 
@@ -152,7 +185,10 @@ impl AuthLayer {
 impl<S> Layer<S> for AuthLayer {
     type Service = Auth<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Auth { inner, cache: self.cache.clone() }
+        Auth {
+            inner,
+            cache: self.cache.clone(),
+        }
     }
 }
 
@@ -180,15 +216,22 @@ where
         let mut inner = super::take_ready(&mut self.inner);
         let cache = self.cache.clone();
         Box::pin(async move {
-            let gemini = crate::dialect::Dialect::from_path(req.uri().path()) == crate::dialect::Dialect::Gemini;
+            let gemini = crate::dialect::Dialect::from_path(req.uri().path())
+                == crate::dialect::Dialect::Gemini;
             let key = extract_key(req.headers(), req.uri().query(), gemini)
-                .ok_or_else(|| RelayError::authentication("missing API key: send it as x-api-key or Authorization: Bearer"))?
+                .ok_or_else(|| {
+                    RelayError::authentication(
+                        "missing API key: send it as x-api-key or Authorization: Bearer",
+                    )
+                })?
                 .to_owned();
             let client = req.extensions().get::<ClientAddr>().map(|c| c.0.ip());
             let principal = cache.authorize(&key, client).await?;
             if principal.rules.quota.is_some() {
                 let quotas = cache.quotas().cloned().ok_or_else(|| {
-                    RelayError::internal("this key has a quota, but the relay's directory keeps no key quotas")
+                    RelayError::internal(
+                        "this key has a quota, but the relay's directory keeps no key quotas",
+                    )
                 })?;
                 req.extensions_mut().insert(QuotaAccess(quotas));
             }

@@ -34,17 +34,24 @@ pub fn render(dialect: Dialect, err: &RelayError, request_id: Option<&str>) -> R
     let body = dialect.error_body(err.class, &err.message, request_id);
     let mut res = Response::new(full(body));
     *res.status_mut() = err.class.status();
-    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Some(after) = err.retry_after {
         let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-        res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
     }
     res
 }
 
 impl<S, B> Service<Request<B>> for ErrorRender<S>
 where
-    S: Service<Request<B>, Response = Response<RelayBody>, Error = RelayError> + Clone + Send + 'static,
+    S: Service<Request<B>, Response = Response<RelayBody>, Error = RelayError>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send,
     B: Send + 'static,
 {

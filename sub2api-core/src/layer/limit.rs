@@ -45,7 +45,11 @@ pub struct KeyLimiter {
 
 impl Default for KeyLimiter {
     fn default() -> Self {
-        KeyLimiter { keys: Mutex::new(HashMap::new()), max_waiting: 64, max_wait: Duration::from_secs(60) }
+        KeyLimiter {
+            keys: Mutex::new(HashMap::new()),
+            max_waiting: 64,
+            max_wait: Duration::from_secs(60),
+        }
     }
 }
 
@@ -60,7 +64,11 @@ impl Drop for WaitGuard<'_> {
 
 impl KeyLimiter {
     /// Admits a request: checks RPM, then takes a concurrency permit (waiting if needed).
-    pub async fn admit(&self, key: KeyId, limits: &KeyLimits) -> Result<Option<OwnedSemaphorePermit>, RelayError> {
+    pub async fn admit(
+        &self,
+        key: KeyId,
+        limits: &KeyLimits,
+    ) -> Result<Option<OwnedSemaphorePermit>, RelayError> {
         let semaphore = {
             let mut keys = self.keys.lock().unwrap();
             let now = Instant::now();
@@ -78,7 +86,8 @@ impl KeyLimiter {
                     st.window_count = 0;
                 }
                 if st.window_count >= rpm {
-                    let retry = Duration::from_secs(60).saturating_sub(now.duration_since(st.window_start));
+                    let retry =
+                        Duration::from_secs(60).saturating_sub(now.duration_since(st.window_start));
                     return Err(RelayError::rate_limited(
                         format!("this key is limited to {rpm} requests per minute"),
                         retry,
@@ -86,7 +95,9 @@ impl KeyLimiter {
                 }
                 st.window_count += 1;
             }
-            let Some(cap) = limits.concurrency else { return Ok(None) };
+            let Some(cap) = limits.concurrency else {
+                return Ok(None);
+            };
             if cap != st.capacity {
                 // Limit changed by an operator: start a fresh semaphore; old permits drain away.
                 st.semaphore = Arc::new(Semaphore::new(cap as usize));
@@ -105,7 +116,10 @@ impl KeyLimiter {
         let _waiting = WaitGuard(self, key);
         match tokio::time::timeout(self.max_wait, semaphore.acquire_owned()).await {
             Ok(Ok(permit)) => Ok(Some(permit)),
-            _ => Err(RelayError::rate_limited("timed out waiting for a free slot on this key", Duration::from_secs(1))),
+            _ => Err(RelayError::rate_limited(
+                "timed out waiting for a free slot on this key",
+                Duration::from_secs(1),
+            )),
         }
     }
 }
@@ -124,7 +138,10 @@ impl LimitLayer {
 impl<S> Layer<S> for LimitLayer {
     type Service = Limit<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Limit { inner, limiter: self.limiter.clone() }
+        Limit {
+            inner,
+            limiter: self.limiter.clone(),
+        }
     }
 }
 
@@ -136,7 +153,10 @@ pub struct Limit<S> {
 
 impl<S> Service<Request<Bytes>> for Limit<S>
 where
-    S: Service<Request<Bytes>, Response = Response<RelayBody>, Error = RelayError> + Clone + Send + 'static,
+    S: Service<Request<Bytes>, Response = Response<RelayBody>, Error = RelayError>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send,
 {
     type Response = Response<RelayBody>;
@@ -151,7 +171,9 @@ where
         let mut inner = super::take_ready(&mut self.inner);
         let limiter = self.limiter.clone();
         Box::pin(async move {
-            let Some(p) = req.extensions().get::<Principal>().cloned() else { return inner.call(req).await };
+            let Some(p) = req.extensions().get::<Principal>().cloned() else {
+                return inner.call(req).await;
+            };
             let permit = limiter.admit(p.key, &p.limits).await?;
             let res = inner.call(req).await?;
             Ok(match permit {
@@ -168,8 +190,14 @@ mod tests {
 
     #[tokio::test]
     async fn rpm_and_concurrency() {
-        let l = KeyLimiter { max_wait: Duration::from_millis(20), ..Default::default() };
-        let limits = KeyLimits { concurrency: Some(1), rpm: Some(3) };
+        let l = KeyLimiter {
+            max_wait: Duration::from_millis(20),
+            ..Default::default()
+        };
+        let limits = KeyLimits {
+            concurrency: Some(1),
+            rpm: Some(3),
+        };
         let p1 = l.admit(KeyId(1), &limits).await.unwrap();
         assert!(l.admit(KeyId(1), &limits).await.is_err()); // waits 20ms, times out
         drop(p1);

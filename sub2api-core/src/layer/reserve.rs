@@ -41,7 +41,11 @@ pub struct HoldCell {
 
 impl HoldCell {
     pub fn new(hold: Hold, ledger: Arc<dyn Ledger>, tracker: TaskTracker) -> Self {
-        HoldCell { hold: Mutex::new(Some(hold)), ledger, tracker }
+        HoldCell {
+            hold: Mutex::new(Some(hold)),
+            ledger,
+            tracker,
+        }
     }
 
     /// Takes the hold to settle it; afterwards dropping the cell does nothing.
@@ -56,7 +60,9 @@ impl HoldCell {
 
 impl Drop for HoldCell {
     fn drop(&mut self) {
-        let Some(hold) = self.hold.get_mut().unwrap().take() else { return };
+        let Some(hold) = self.hold.get_mut().unwrap().take() else {
+            return;
+        };
         let ledger = self.ledger.clone();
         // Tracked, so `Relay::shutdown` waits for releases as it does for settlements.
         match tokio::runtime::Handle::try_current() {
@@ -70,7 +76,9 @@ impl Drop for HoldCell {
                     &h,
                 );
             }
-            Err(_) => tracing::error!(request_id = %hold.request_id, "hold dropped outside a runtime; recovery will release it"),
+            Err(_) => {
+                tracing::error!(request_id = %hold.request_id, "hold dropped outside a runtime; recovery will release it")
+            }
         }
     }
 }
@@ -78,13 +86,17 @@ impl Drop for HoldCell {
 /// Maps a ledger refusal to what the client sees.
 pub fn refusal(e: LedgerError) -> RelayError {
     match e {
-        LedgerError::InsufficientBalance { available, required } => RelayError::billing(format!(
+        LedgerError::InsufficientBalance {
+            available,
+            required,
+        } => RelayError::billing(format!(
             "insufficient balance: {available} USD available, this request may cost up to {required} USD"
         )),
         LedgerError::UnknownUser(_) => RelayError::billing("this key's user has no wallet"),
-        LedgerError::Unavailable(_) => {
-            RelayError::overloaded("billing temporarily unavailable", Some(std::time::Duration::from_secs(1)))
-        }
+        LedgerError::Unavailable(_) => RelayError::overloaded(
+            "billing temporarily unavailable",
+            Some(std::time::Duration::from_secs(1)),
+        ),
         other => RelayError::internal(other.to_string()),
     }
 }
@@ -98,7 +110,11 @@ pub struct ReserveLayer {
 
 impl ReserveLayer {
     pub fn new(ledger: Arc<dyn Ledger>, meter: Arc<dyn Meter>) -> Self {
-        ReserveLayer { ledger, meter, tracker: TaskTracker::new() }
+        ReserveLayer {
+            ledger,
+            meter,
+            tracker: TaskTracker::new(),
+        }
     }
 
     /// Releases of abandoned holds run on this tracker (the relay's, so shutdown waits for them).
@@ -111,7 +127,12 @@ impl ReserveLayer {
 impl<S> Layer<S> for ReserveLayer {
     type Service = Reserve<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Reserve { inner, ledger: self.ledger.clone(), meter: self.meter.clone(), tracker: self.tracker.clone() }
+        Reserve {
+            inner,
+            ledger: self.ledger.clone(),
+            meter: self.meter.clone(),
+            tracker: self.tracker.clone(),
+        }
     }
 }
 
@@ -125,7 +146,10 @@ pub struct Reserve<S> {
 
 impl<S, RB> Service<Request<Bytes>> for Reserve<S>
 where
-    S: Service<Request<Bytes>, Response = Response<RB>, Error = RelayError> + Clone + Send + 'static,
+    S: Service<Request<Bytes>, Response = Response<RB>, Error = RelayError>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send,
 {
     type Response = Response<RB>;
@@ -143,25 +167,43 @@ where
         let tracker = self.tracker.clone();
         Box::pin(async move {
             let ext = req.extensions();
-            let (Some(ctx), Some(principal)) = (ext.get::<RelayRequest>(), ext.get::<Principal>()) else {
-                return Err(RelayError::internal("reserve layer needs the auth and parse layers before it"));
+            let (Some(ctx), Some(principal)) = (ext.get::<RelayRequest>(), ext.get::<Principal>())
+            else {
+                return Err(RelayError::internal(
+                    "reserve layer needs the auth and parse layers before it",
+                ));
             };
             if !ctx.endpoint.billable() {
                 return inner.call(req).await;
             }
-            let amount = meter.hold(&ctx.estimate, principal.multiplier()).map_err(|e| match e {
-                PricingError::UnknownModel(m) => RelayError::invalid(format!("model `{m}` is not available on this relay")),
-                other => RelayError::internal(other.to_string()),
-            })?;
+            let amount =
+                meter
+                    .hold(&ctx.estimate, principal.multiplier())
+                    .map_err(|e| match e {
+                        PricingError::UnknownModel(m) => RelayError::invalid(format!(
+                            "model `{m}` is not available on this relay"
+                        )),
+                        other => RelayError::internal(other.to_string()),
+                    })?;
             // A key with a quota holds the same amount of its quota first (exact, like the
             // wallet); a refusal on either side leaves nothing held.
             let request_id = ctx.request_id.as_str().to_owned();
             let quota_hold = match principal.rules.quota {
                 Some(quota) => {
-                    let Some(access) = req.extensions().get::<crate::layer::auth::QuotaAccess>().cloned() else {
-                        return Err(RelayError::internal("this key has a quota, but no key quota accounting is configured"));
+                    let Some(access) = req
+                        .extensions()
+                        .get::<crate::layer::auth::QuotaAccess>()
+                        .cloned()
+                    else {
+                        return Err(RelayError::internal(
+                            "this key has a quota, but no key quota accounting is configured",
+                        ));
                     };
-                    match access.0.hold_quota(principal.key, &request_id, amount, quota).await {
+                    match access
+                        .0
+                        .hold_quota(principal.key, &request_id, amount, quota)
+                        .await
+                    {
                         Ok(crate::api::quota::QuotaHold::Held) => Some(access),
                         Ok(crate::api::quota::QuotaHold::Exhausted { remaining }) => {
                             return Err(RelayError::new(

@@ -5,7 +5,8 @@ use async_trait::async_trait;
 
 use crate::account_provider::AccountStatus;
 use crate::domain::{
-    Account, AccountId, ApiKey, Credentials, Group, GroupId, KeyHash, KeyId, Principal, User, UserId,
+    Account, AccountId, ApiKey, Credentials, Group, GroupId, KeyHash, KeyId, Principal, User,
+    UserId,
 };
 use crate::store::{Directory, NewAccount, NewGroup, NewKey, StoreError};
 
@@ -63,18 +64,23 @@ impl Directory for MemoryDirectory {
     }
 
     async fn group_by_name(&self, name: &str) -> Result<Option<Group>, StoreError> {
-        Ok(self.state.lock().unwrap().groups.iter().find(|g| g.name == name).cloned())
+        Ok(self
+            .state
+            .lock()
+            .unwrap()
+            .groups
+            .iter()
+            .find(|g| g.name == name)
+            .cloned())
     }
 
     async fn upsert_account(&self, a: NewAccount) -> Result<Account, StoreError> {
         let mut s = self.state.lock().unwrap();
         let mut groups = Vec::new();
         for name in &a.groups {
-            let g = s
-                .groups
-                .iter()
-                .find(|g| &g.name == name)
-                .ok_or_else(|| StoreError::Invalid(format!("account `{}`: unknown group `{name}`", a.name)))?;
+            let g = s.groups.iter().find(|g| &g.name == name).ok_or_else(|| {
+                StoreError::Invalid(format!("account `{}`: unknown group `{name}`", a.name))
+            })?;
             groups.push(g.id);
         }
         let id = match s.accounts.iter().position(|(x, _)| x.name == a.name) {
@@ -101,7 +107,14 @@ impl Directory for MemoryDirectory {
     }
 
     async fn accounts(&self) -> Result<Vec<Account>, StoreError> {
-        Ok(self.state.lock().unwrap().accounts.iter().map(|(a, _)| a.clone()).collect())
+        Ok(self
+            .state
+            .lock()
+            .unwrap()
+            .accounts
+            .iter()
+            .map(|(a, _)| a.clone())
+            .collect())
     }
 
     async fn account_credentials(&self, id: AccountId) -> Result<Credentials, StoreError> {
@@ -113,19 +126,38 @@ impl Directory for MemoryDirectory {
             .ok_or_else(|| StoreError::NotFound(format!("account {id}")))
     }
 
-    async fn set_account_status(&self, id: AccountId, status: &AccountStatus) -> Result<(), StoreError> {
-        self.state.lock().unwrap().statuses.insert(id, status.clone());
+    async fn set_account_status(
+        &self,
+        id: AccountId,
+        status: &AccountStatus,
+    ) -> Result<(), StoreError> {
+        self.state
+            .lock()
+            .unwrap()
+            .statuses
+            .insert(id, status.clone());
         Ok(())
     }
 
-    async fn update_account_credentials(&self, id: AccountId, credentials: &Credentials) -> Result<(), StoreError> {
+    async fn update_account_credentials(
+        &self,
+        id: AccountId,
+        credentials: &Credentials,
+    ) -> Result<(), StoreError> {
         let mut s = self.state.lock().unwrap();
-        let slot = s.accounts.iter_mut().find(|(a, _)| a.id == id).ok_or_else(|| StoreError::NotFound(format!("account {id}")))?;
+        let slot = s
+            .accounts
+            .iter_mut()
+            .find(|(a, _)| a.id == id)
+            .ok_or_else(|| StoreError::NotFound(format!("account {id}")))?;
         slot.1 = credentials.clone();
         Ok(())
     }
 
-    async fn save_pending_authorization(&self, pending: &crate::oauth::PendingAuthorization) -> Result<(), StoreError> {
+    async fn save_pending_authorization(
+        &self,
+        pending: &crate::oauth::PendingAuthorization,
+    ) -> Result<(), StoreError> {
         let mut s = self.state.lock().unwrap();
         s.pending_oauth.retain(|p| p.state != pending.state);
         s.pending_oauth.push(pending.clone());
@@ -139,13 +171,25 @@ impl Directory for MemoryDirectory {
         let mut s = self.state.lock().unwrap();
         let i = match state {
             Some(st) => s.pending_oauth.iter().position(|p| p.state == st),
-            None => s.pending_oauth.iter().enumerate().max_by_key(|(_, p)| p.created_at_ms).map(|(i, _)| i),
+            None => s
+                .pending_oauth
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, p)| p.created_at_ms)
+                .map(|(i, _)| i),
         };
         Ok(i.map(|i| s.pending_oauth.remove(i)))
     }
 
     async fn account_statuses(&self) -> Result<Vec<(AccountId, AccountStatus)>, StoreError> {
-        Ok(self.state.lock().unwrap().statuses.iter().map(|(k, v)| (*k, v.clone())).collect())
+        Ok(self
+            .state
+            .lock()
+            .unwrap()
+            .statuses
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect())
     }
 
     async fn ensure_user(&self, email: &str) -> Result<(User, bool), StoreError> {
@@ -153,13 +197,24 @@ impl Directory for MemoryDirectory {
         if let Some(u) = s.users.iter().find(|u| u.email == email) {
             return Ok((u.clone(), false));
         }
-        let user = User { id: UserId(next_id(s.users.len())), email: email.to_owned(), enabled: true };
+        let user = User {
+            id: UserId(next_id(s.users.len())),
+            email: email.to_owned(),
+            enabled: true,
+        };
         s.users.push(user.clone());
         Ok((user, true))
     }
 
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
-        Ok(self.state.lock().unwrap().users.iter().find(|u| u.email == email).cloned())
+        Ok(self
+            .state
+            .lock()
+            .unwrap()
+            .users
+            .iter()
+            .find(|u| u.email == email)
+            .cloned())
     }
 
     async fn users(&self) -> Result<Vec<User>, StoreError> {
@@ -185,7 +240,15 @@ impl Directory for MemoryDirectory {
     }
 
     async fn keys_of(&self, user: UserId) -> Result<Vec<ApiKey>, StoreError> {
-        Ok(self.state.lock().unwrap().keys.values().filter(|k| k.user_id == user).cloned().collect())
+        Ok(self
+            .state
+            .lock()
+            .unwrap()
+            .keys
+            .values()
+            .filter(|k| k.user_id == user)
+            .cloned()
+            .collect())
     }
 
     async fn set_key_enabled(&self, id: KeyId, enabled: bool) -> Result<(), StoreError> {
@@ -201,13 +264,23 @@ impl Directory for MemoryDirectory {
 
     async fn principal(&self, key: &KeyHash) -> Result<Option<Principal>, StoreError> {
         let s = self.state.lock().unwrap();
-        let Some(k) = s.keys.get(key).filter(|k| k.enabled) else { return Ok(None) };
+        let Some(k) = s.keys.get(key).filter(|k| k.enabled) else {
+            return Ok(None);
+        };
         if !s.users.iter().any(|u| u.id == k.user_id && u.enabled) {
             return Ok(None);
         }
-        let Some(group) = s.groups.iter().find(|g| g.id == k.group_id) else { return Ok(None) };
+        let Some(group) = s.groups.iter().find(|g| g.id == k.group_id) else {
+            return Ok(None);
+        };
         let (group, rules) = s.api.principal_parts(group, k);
-        Ok(Some(Principal { user: k.user_id, key: k.id, group: Arc::new(group), limits: k.limits.clone(), rules }))
+        Ok(Some(Principal {
+            user: k.user_id,
+            key: k.id,
+            group: Arc::new(group),
+            limits: k.limits.clone(),
+            rules,
+        }))
     }
 
     fn key_quotas(self: Arc<Self>) -> Option<Arc<dyn crate::api::quota::KeyQuotas>> {

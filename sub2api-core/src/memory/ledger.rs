@@ -5,7 +5,8 @@ use async_trait::async_trait;
 
 use crate::domain::UserId;
 use crate::ledger::{
-    Balance, Charge, Credit, CreditOutcome, EntryKind, Hold, HoldRequest, Ledger, LedgerError, Settlement,
+    Balance, Charge, Credit, CreditOutcome, EntryKind, Hold, HoldRequest, Ledger, LedgerError,
+    Settlement,
 };
 use crate::money::Money;
 
@@ -79,10 +80,16 @@ impl Ledger for MemoryLedger {
         if s.holds.contains_key(&req.request_id) || s.settled.contains_key(&req.request_id) {
             return Err(LedgerError::DuplicateHold(req.request_id));
         }
-        let wallet = s.wallets.get_mut(&req.user_id).ok_or(LedgerError::UnknownUser(req.user_id))?;
+        let wallet = s
+            .wallets
+            .get_mut(&req.user_id)
+            .ok_or(LedgerError::UnknownUser(req.user_id))?;
         let available = wallet.available();
         if req.amount.is_negative() || available < req.amount || !available.is_positive() {
-            return Err(LedgerError::InsufficientBalance { available, required: req.amount });
+            return Err(LedgerError::InsufficientBalance {
+                available,
+                required: req.amount,
+            });
         }
         wallet.held = wallet.held.saturating_add(req.amount);
         let hold = Hold {
@@ -105,10 +112,16 @@ impl Ledger for MemoryLedger {
     async fn settle(&self, charge: Charge) -> Result<Settlement, LedgerError> {
         let mut s = self.state.lock().unwrap();
         if let Some(done) = s.settled.get(&charge.request_id) {
-            return Ok(Settlement { replayed: true, ..done.clone() });
+            return Ok(Settlement {
+                replayed: true,
+                ..done.clone()
+            });
         }
         let hold = s.holds.remove(&charge.request_id);
-        let wallet = s.wallets.get_mut(&charge.user_id).ok_or(LedgerError::UnknownUser(charge.user_id))?;
+        let wallet = s
+            .wallets
+            .get_mut(&charge.user_id)
+            .ok_or(LedgerError::UnknownUser(charge.user_id))?;
         let held = hold.as_ref().map(|h| h.amount).unwrap_or(Money::ZERO);
         wallet.held = wallet.held.saturating_sub(held);
         wallet.total = wallet.total.saturating_sub(charge.amount);
@@ -119,14 +132,20 @@ impl Ledger for MemoryLedger {
             held_delta: Money::ZERO.saturating_sub(held),
             key: charge.request_id.clone(),
         });
-        let out = Settlement { request_id: charge.request_id.clone(), charged: charge.amount, replayed: false };
+        let out = Settlement {
+            request_id: charge.request_id.clone(),
+            charged: charge.amount,
+            replayed: false,
+        };
         s.settled.insert(charge.request_id, out.clone());
         Ok(out)
     }
 
     async fn release(&self, hold: &Hold) -> Result<(), LedgerError> {
         let mut s = self.state.lock().unwrap();
-        let Some(h) = s.holds.remove(&hold.request_id) else { return Ok(()) };
+        let Some(h) = s.holds.remove(&hold.request_id) else {
+            return Ok(());
+        };
         if let Some(w) = s.wallets.get_mut(&h.user_id) {
             w.held = w.held.saturating_sub(h.amount);
         }
@@ -143,14 +162,27 @@ impl Ledger for MemoryLedger {
     async fn credit(&self, credit: Credit) -> Result<CreditOutcome, LedgerError> {
         let mut s = self.state.lock().unwrap();
         if let Some(done) = s.credits.get(&credit.idempotency_key) {
-            return Ok(CreditOutcome { replayed: true, ..done.clone() });
+            return Ok(CreditOutcome {
+                replayed: true,
+                ..done.clone()
+            });
         }
         let wallet = s.wallets.entry(credit.user_id).or_default();
-        if credit.amount.is_negative() && wallet.available().saturating_add(credit.amount).is_negative() {
-            return Err(LedgerError::WouldOverdraw { amount: credit.amount });
+        if credit.amount.is_negative()
+            && wallet
+                .available()
+                .saturating_add(credit.amount)
+                .is_negative()
+        {
+            return Err(LedgerError::WouldOverdraw {
+                amount: credit.amount,
+            });
         }
         wallet.total = wallet.total.saturating_add(credit.amount);
-        let out = CreditOutcome { balance: wallet.total, replayed: false };
+        let out = CreditOutcome {
+            balance: wallet.total,
+            replayed: false,
+        };
         s.journal.push(JournalEntry {
             user_id: credit.user_id,
             kind: credit.kind,
@@ -163,7 +195,13 @@ impl Ledger for MemoryLedger {
     }
 
     async fn balance(&self, user: UserId) -> Result<Balance, LedgerError> {
-        self.state.lock().unwrap().wallets.get(&user).copied().ok_or(LedgerError::UnknownUser(user))
+        self.state
+            .lock()
+            .unwrap()
+            .wallets
+            .get(&user)
+            .copied()
+            .ok_or(LedgerError::UnknownUser(user))
     }
 }
 
@@ -185,7 +223,12 @@ mod tests {
     }
 
     fn hold(id: &str, nanos: i64) -> HoldRequest {
-        HoldRequest { request_id: id.into(), user_id: UserId(1), group_id: GroupId(1), amount: Money::from_nanos(nanos) }
+        HoldRequest {
+            request_id: id.into(),
+            user_id: UserId(1),
+            group_id: GroupId(1),
+            amount: Money::from_nanos(nanos),
+        }
     }
 
     #[tokio::test]
@@ -195,7 +238,9 @@ mod tests {
         let tasks: Vec<_> = (0..200)
             .map(|i| {
                 let l = l.clone();
-                tokio::spawn(async move { l.reserve(hold(&format!("r{i}"), 30_000_000)).await.is_ok() })
+                tokio::spawn(
+                    async move { l.reserve(hold(&format!("r{i}"), 30_000_000)).await.is_ok() },
+                )
             })
             .collect();
         let mut ok = 0;
@@ -214,12 +259,23 @@ mod tests {
         let l = MemoryLedger::new();
         l.credit(credit(1, 10, "seed")).await.unwrap();
         l.reserve(hold("r1", Money::usd(2).nanos())).await.unwrap();
-        let c = Charge { request_id: "r1".into(), user_id: UserId(1), group_id: GroupId(1), amount: Money::usd(1) };
+        let c = Charge {
+            request_id: "r1".into(),
+            user_id: UserId(1),
+            group_id: GroupId(1),
+            amount: Money::usd(1),
+        };
         let first = l.settle(c.clone()).await.unwrap();
         let second = l.settle(c).await.unwrap();
         assert!(!first.replayed && second.replayed);
         let b = l.balance(UserId(1)).await.unwrap();
-        assert_eq!(b, Balance { total: Money::usd(9), held: Money::ZERO });
+        assert_eq!(
+            b,
+            Balance {
+                total: Money::usd(9),
+                held: Money::ZERO
+            }
+        );
         assert!(l.verify().is_empty());
     }
 
@@ -229,7 +285,13 @@ mod tests {
         assert!(!l.credit(credit(1, 5, "pay_1")).await.unwrap().replayed);
         assert!(l.credit(credit(1, 5, "pay_1")).await.unwrap().replayed);
         assert_eq!(l.balance(UserId(1)).await.unwrap().total, Money::usd(5));
-        let debit = Credit { amount: Money::usd(-6), ..credit(1, 0, "adj") };
-        assert!(matches!(l.credit(debit).await, Err(LedgerError::WouldOverdraw { .. })));
+        let debit = Credit {
+            amount: Money::usd(-6),
+            ..credit(1, 0, "adj")
+        };
+        assert!(matches!(
+            l.credit(debit).await,
+            Err(LedgerError::WouldOverdraw { .. })
+        ));
     }
 }

@@ -20,7 +20,10 @@ impl Default for MemoryUsageLog {
 
 impl MemoryUsageLog {
     pub fn with_capacity(capacity: usize) -> Self {
-        MemoryUsageLog { records: Mutex::new(VecDeque::new()), capacity }
+        MemoryUsageLog {
+            records: Mutex::new(VecDeque::new()),
+            capacity,
+        }
     }
 
     pub fn all(&self) -> Vec<UsageRecord> {

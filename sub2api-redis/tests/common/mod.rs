@@ -27,7 +27,8 @@ pub fn redis_url() -> String {
 }
 
 pub fn pg_base_url() -> String {
-    std::env::var("SUB2API_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("SUB2API_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 pub fn random_prefix() -> String {
@@ -38,7 +39,10 @@ pub fn random_prefix() -> String {
 pub fn options(prefix: &str) -> RedisOptions {
     RedisOptions {
         prefix: prefix.to_owned(),
-        scheduler: SchedulerConfig { sticky_wait: Duration::from_millis(500), ..SchedulerConfig::default() },
+        scheduler: SchedulerConfig {
+            sticky_wait: Duration::from_millis(500),
+            ..SchedulerConfig::default()
+        },
         ..RedisOptions::default()
     }
 }
@@ -55,8 +59,14 @@ impl Schema {
         let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&pg_base_url())
             .await
             .expect("Postgres must be running for the tests (see .ci/run)");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}"))).execute(&mut conn).await.unwrap();
-        Schema { url: format!("{}?options=-csearch_path%3D{name}", pg_base_url()), name }
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        Schema {
+            url: format!("{}?options=-csearch_path%3D{name}", pg_base_url()),
+            name,
+        }
     }
 }
 
@@ -64,12 +74,18 @@ impl Drop for Schema {
     fn drop(&mut self) {
         let name = std::mem::take(&mut self.name);
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
-                if let Ok(mut conn) = <sqlx::PgConnection as sqlx::Connection>::connect(&pg_base_url()).await {
-                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {name} CASCADE")))
-                        .execute(&mut conn)
-                        .await;
+                if let Ok(mut conn) =
+                    <sqlx::PgConnection as sqlx::Connection>::connect(&pg_base_url()).await
+                {
+                    let _ =
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {name} CASCADE")))
+                            .execute(&mut conn)
+                            .await;
                 }
             });
         })
@@ -127,8 +143,14 @@ impl Node {
     pub async fn start(db_url: &str, redis_url: &str, options: RedisOptions) -> Node {
         let store = open_store(db_url).await;
         let directory: Arc<dyn Directory> = Arc::new(store.clone());
-        let accounts = Arc::new(MemoryAccountProvider::from_directory(directory.clone()).await.expect("accounts load"));
-        let cluster = sub2api_redis::connect(redis_url, accounts, options).await.expect("redis connects");
+        let accounts = Arc::new(
+            MemoryAccountProvider::from_directory(directory.clone())
+                .await
+                .expect("accounts load"),
+        );
+        let cluster = sub2api_redis::connect(redis_url, accounts, options)
+            .await
+            .expect("redis connects");
         let prices = Arc::new(PriceTable::bundled());
         let meter = Arc::new(PricedMeter::new(prices.clone()));
         let parts = RelayParts {
@@ -191,7 +213,10 @@ impl Node {
 
     pub async fn account(&self, name: &str) -> Account {
         let accounts = self.relay.parts().directory.accounts().await.unwrap();
-        accounts.into_iter().find(|a| a.name == name).expect("account exists")
+        accounts
+            .into_iter()
+            .find(|a| a.name == name)
+            .expect("account exists")
     }
 
     pub async fn account_id(&self, name: &str) -> AccountId {
@@ -228,8 +253,7 @@ pub fn body(model: &str, max_tokens: u64, stream: bool) -> Value {
 /// A body carrying Claude Code's session id (JSON `metadata.user_id` form).
 pub fn session_body(session: &str, stream: bool) -> Value {
     let mut b = body("claude-sonnet-4-5", 64, stream);
-    b["metadata"] =
-        json!({"user_id": json!({"device_id": "dev", "account_uuid": "", "session_id": session}).to_string()});
+    b["metadata"] = json!({"user_id": json!({"device_id": "dev", "account_uuid": "", "session_id": session}).to_string()});
     b
 }
 
