@@ -264,6 +264,19 @@ impl Harness {
     }
 }
 
+/// The test user's wallet in a relay that has been stopped (settlements all committed).
+pub async fn wallet(booted: &Booted) -> Balance {
+    let parts = booted.relay.parts();
+    let user = parts
+        .directory
+        .user_by_email(USER)
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    parts.ledger.balance(user).await.unwrap()
+}
+
 /// A minimal valid Messages body. Each call gets a different first message, so requests without
 /// a session id are not tied together by the relay's prefix-hash stickiness.
 pub fn body(model: &str, max_tokens: u64, stream: bool) -> Value {

@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 use sub2api_core::meter::Ending;
 use sub2api_core::money::Money;
-use sub2api_tests::mock::{Fault, Knob, Outcome};
+use sub2api_tests::mock::{Fault, Knob, Outcome, Scope};
 use sub2api_tests::*;
 
 /// claude-sonnet-4-5: 1000 in, 2000 5m writes, 3000 1h writes, 4000 reads, 500 out
@@ -19,7 +19,7 @@ async fn exact_charges_for_stream_and_non_stream_with_cache_writes_and_reads() {
         for stream in [false, true] {
             let h = Harness::start(adapter, Spec::default()).await;
             h.vendor.set(
-                sub2api_tests::mock::Scope::AllKeys,
+                Scope::AllKeys,
                 Knob::Usage(usage(1000, 2000, 3000, 4000, 500)),
             );
             let (status, text) =
@@ -67,7 +67,7 @@ async fn the_group_multiplier_scales_the_charge_exactly() {
         };
         let h = Harness::start(adapter, spec).await;
         h.vendor.set(
-            sub2api_tests::mock::Scope::AllKeys,
+            Scope::AllKeys,
             Knob::Usage(usage(1000, 2000, 3000, 4000, 500)),
         );
         assert_eq!(
@@ -94,7 +94,7 @@ async fn fifty_concurrent_requests_never_overdraw_and_charges_sum_exactly() {
             ..Spec::default()
         };
         let h = Harness::start(adapter, spec).await;
-        h.vendor.close_gate(sub2api_tests::mock::Scope::AllKeys);
+        h.vendor.close_gate(Scope::AllKeys);
         let mut tasks = Vec::new();
         for i in 0..50 {
             let client = h.client.clone();
@@ -133,16 +133,7 @@ async fn fifty_concurrent_requests_never_overdraw_and_charges_sum_exactly() {
             }
         }
         let after = h.stop().await;
-        let user = after
-            .relay
-            .parts()
-            .directory
-            .user_by_email(USER)
-            .await
-            .unwrap()
-            .unwrap()
-            .id;
-        let b = after.relay.parts().ledger.balance(user).await.unwrap();
+        let b = wallet(&after).await;
         assert!(!b.total.is_negative(), "balance went negative: {b:?}");
         assert_eq!(b.held, Money::ZERO);
         let recs = after
@@ -193,14 +184,10 @@ async fn a_hold_larger_than_the_balance_is_refused_before_any_upstream_call() {
 async fn client_hanging_up_mid_stream_is_charged_the_full_drained_usage() {
     for &adapter in ADAPTERS {
         let h = Harness::start(adapter, Spec::default()).await;
-        h.vendor.set(
-            sub2api_tests::mock::Scope::AllKeys,
-            Knob::Usage(usage(1000, 0, 0, 0, 500)),
-        );
-        h.vendor.set(
-            sub2api_tests::mock::Scope::AllKeys,
-            Knob::EventDelay(Duration::from_millis(5)),
-        );
+        h.vendor
+            .set(Scope::AllKeys, Knob::Usage(usage(1000, 0, 0, 0, 500)));
+        h.vendor
+            .set(Scope::AllKeys, Knob::EventDelay(Duration::from_millis(5)));
         let res = h.messages(&body("claude-sonnet-4-5", 1024, true)).await;
         let mut stream = res.bytes_stream();
         let first = stream.next().await.unwrap().unwrap();
@@ -213,16 +200,7 @@ async fn client_hanging_up_mid_stream_is_charged_the_full_drained_usage() {
             "the relay kept reading upstream"
         );
         let after = h.stop().await; // waits for the drain's settlement
-        let user = after
-            .relay
-            .parts()
-            .directory
-            .user_by_email(USER)
-            .await
-            .unwrap()
-            .unwrap()
-            .id;
-        let b = after.relay.parts().ledger.balance(user).await.unwrap();
+        let b = wallet(&after).await;
         // 1000 in at $3/M + 500 out at $15/M.
         assert_eq!(
             Money::usd(10).checked_sub(b.total).unwrap(),
@@ -245,14 +223,10 @@ async fn client_hanging_up_with_a_drain_bound_charges_what_was_metered() {
         let mut spec = Spec::default();
         spec.relay.drain_timeout_secs = 0;
         let h = Harness::start(adapter, spec).await;
-        h.vendor.set(
-            sub2api_tests::mock::Scope::AllKeys,
-            Knob::Usage(usage(1000, 0, 0, 0, 500)),
-        );
-        h.vendor.set(
-            sub2api_tests::mock::Scope::AllKeys,
-            Knob::EventDelay(Duration::from_millis(50)),
-        );
+        h.vendor
+            .set(Scope::AllKeys, Knob::Usage(usage(1000, 0, 0, 0, 500)));
+        h.vendor
+            .set(Scope::AllKeys, Knob::EventDelay(Duration::from_millis(50)));
         let res = h.messages(&body("claude-sonnet-4-5", 1024, true)).await;
         let mut stream = res.bytes_stream();
         let _ = stream.next().await.unwrap().unwrap();
@@ -271,16 +245,7 @@ async fn client_hanging_up_with_a_drain_bound_charges_what_was_metered() {
             "input known from message_start"
         );
         assert!(recs[0].usage.output_tokens < 500, "output only as counted");
-        let user = after
-            .relay
-            .parts()
-            .directory
-            .user_by_email(USER)
-            .await
-            .unwrap()
-            .unwrap()
-            .id;
-        let b = after.relay.parts().ledger.balance(user).await.unwrap();
+        let b = wallet(&after).await;
         assert_eq!(b.held, Money::ZERO);
         assert_eq!(Money::usd(10).checked_sub(b.total).unwrap(), recs[0].cost);
         assert!(recs[0].cost >= Money::parse_usd("0.003").unwrap());
@@ -291,15 +256,11 @@ async fn client_hanging_up_with_a_drain_bound_charges_what_was_metered() {
 async fn upstream_cut_gives_the_client_an_error_event_and_charges_input_plus_output_seen() {
     for &adapter in ADAPTERS {
         let h = Harness::start(adapter, Spec::default()).await;
-        h.vendor.set(
-            sub2api_tests::mock::Scope::AllKeys,
-            Knob::Usage(usage(1000, 0, 0, 0, 500)),
-        );
+        h.vendor
+            .set(Scope::AllKeys, Knob::Usage(usage(1000, 0, 0, 0, 500)));
         // message_start, ping, content_block_start, then 4 deltas: cut.
-        h.vendor.set(
-            sub2api_tests::mock::Scope::AllKeys,
-            Knob::Fault(Fault::CutAfter(7)),
-        );
+        h.vendor
+            .set(Scope::AllKeys, Knob::Fault(Fault::CutAfter(7)));
         let (status, text) = text(h.messages(&body("claude-sonnet-4-5", 1024, true)).await).await;
         assert_eq!(status, 200);
         let events = sse_events(&text);
@@ -326,14 +287,10 @@ async fn upstream_cut_gives_the_client_an_error_event_and_charges_input_plus_out
 async fn an_error_event_mid_stream_passes_through_once_and_bills_what_was_seen() {
     for &adapter in ADAPTERS {
         let h = Harness::start(adapter, Spec::default()).await;
-        h.vendor.set(
-            sub2api_tests::mock::Scope::AllKeys,
-            Knob::Usage(usage(2000, 0, 0, 0, 500)),
-        );
-        h.vendor.set(
-            sub2api_tests::mock::Scope::AllKeys,
-            Knob::Fault(Fault::ErrorEventAfter(5)),
-        );
+        h.vendor
+            .set(Scope::AllKeys, Knob::Usage(usage(2000, 0, 0, 0, 500)));
+        h.vendor
+            .set(Scope::AllKeys, Knob::Fault(Fault::ErrorEventAfter(5)));
         let (status, text) = text(h.messages(&body("claude-haiku-4-5", 1024, true)).await).await;
         assert_eq!(status, 200);
         let errors: Vec<_> = sse_events(&text)
@@ -358,10 +315,7 @@ async fn upstream_errors_before_output_charge_nothing() {
             ..Spec::default()
         };
         let h = Harness::start(adapter, spec).await;
-        h.vendor.set(
-            sub2api_tests::mock::Scope::AllKeys,
-            Knob::Fault(Fault::Overloaded),
-        );
+        h.vendor.set(Scope::AllKeys, Knob::Fault(Fault::Overloaded));
         let res = h.messages(&body("claude-sonnet-4-5", 64, false)).await;
         assert_eq!(res.status().as_u16(), 529);
         let b = h.balance().await;
@@ -551,30 +505,17 @@ async fn models_usage_health_and_metrics() {
 async fn graceful_shutdown_finishes_open_streams_and_settles_them() {
     for &adapter in ADAPTERS {
         let h = Harness::start(adapter, Spec::default()).await;
-        h.vendor.set(
-            sub2api_tests::mock::Scope::AllKeys,
-            Knob::Usage(usage(1000, 0, 0, 0, 500)),
-        );
-        h.vendor.set(
-            sub2api_tests::mock::Scope::AllKeys,
-            Knob::EventDelay(Duration::from_millis(10)),
-        );
+        h.vendor
+            .set(Scope::AllKeys, Knob::Usage(usage(1000, 0, 0, 0, 500)));
+        h.vendor
+            .set(Scope::AllKeys, Knob::EventDelay(Duration::from_millis(10)));
         let res = h.messages(&body("claude-sonnet-4-5", 1024, true)).await;
         let reader = tokio::spawn(async move { res.text().await.unwrap() });
         h.vendor.wait_for_requests(1).await;
         let after = h.stop().await;
         let text = reader.await.unwrap();
         assert_eq!(sse_events(&text).last().unwrap().0, "message_stop");
-        let user = after
-            .relay
-            .parts()
-            .directory
-            .user_by_email(USER)
-            .await
-            .unwrap()
-            .unwrap()
-            .id;
-        let b = after.relay.parts().ledger.balance(user).await.unwrap();
+        let b = wallet(&after).await;
         assert_eq!(
             Money::usd(10).checked_sub(b.total).unwrap(),
             Money::parse_usd("0.0105").unwrap()
