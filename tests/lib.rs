@@ -113,6 +113,8 @@ pub fn config_for(spec: &Spec, vendor_url: &str) -> Config {
             email: USER.into(),
             balance_usd: spec.balance,
             password: None,
+            concurrency: None,
+            rpm: None,
         }],
         keys: vec![KeySeed {
             user: USER.into(),

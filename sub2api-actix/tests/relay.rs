@@ -58,6 +58,8 @@ async fn fixture() -> Fixture {
             email: EMAIL.into(),
             balance_usd: Money::usd(10),
             password: None,
+            concurrency: None,
+            rpm: None,
         }],
         keys: vec![KeySeed {
             user: EMAIL.into(),

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sub2api_core::api::quota::QuotaLedger;
-use sub2api_core::api::{AdminStore, Api, ApiConfig, LiveMeter, PoolControl};
+use sub2api_core::api::{AdminStore, Api, ApiConfig, KeysChanged, LiveMeter, PoolControl};
 use sub2api_core::config::{Config, ConfigError, SeedReport, apply_seed};
 use sub2api_core::domain::Secret;
+use sub2api_core::layer::limit::{KeyLimiter, Limiter};
 use sub2api_core::ledger::Ledger;
 use sub2api_core::memory::{
     MemoryAccountProvider, MemoryDirectory, MemoryLedger, MemoryScheduler, MemoryUsageLog,
@@ -223,6 +224,18 @@ pub async fn boot_with(config: Config, master: Option<MasterKey>) -> Result<Boot
         live.replace(stored);
     }
     let meter: Arc<dyn sub2api_core::meter::Meter> = live.clone();
+    // Key and user limits count across the cluster with Redis (a user limited to 2 must not get
+    // 2 per node), in process without it; either way a busy slot is waited for as long as an
+    // account slot.
+    let queue_wait = Duration::from_secs(config.relay.queue_wait_secs);
+    let limiter: Arc<dyn Limiter> = match &cluster {
+        Some(c) => {
+            let mut l = c.limiter();
+            l.max_wait = queue_wait;
+            Arc::new(l)
+        }
+        None => Arc::new(KeyLimiter::new(64, queue_wait)),
+    };
     let parts = RelayParts {
         directory,
         accounts,
@@ -231,6 +244,7 @@ pub async fn boot_with(config: Config, master: Option<MasterKey>) -> Result<Boot
         usage_log,
         prices,
         meter,
+        limiter: Some(limiter),
     };
     let relay = Relay::new(parts, config.relay.relay_config());
     if let Some(cluster) = &cluster {
@@ -270,8 +284,13 @@ pub async fn boot_with(config: Config, master: Option<MasterKey>) -> Result<Boot
         }
         None => None,
     };
+    let mut api_parts = sub2api_core::api::setup::parts(&relay, admin, Some(pool), Some(live));
+    // An operator's change on this node reaches every node's key cache.
+    api_parts.on_keys_changed = cluster
+        .as_ref()
+        .map(|c| c.hub.clone() as Arc<dyn KeysChanged>);
     let api = Api::new(
-        sub2api_core::api::setup::parts(&relay, admin, Some(pool), Some(live)),
+        api_parts,
         ApiConfig {
             admin_key_sha256: Some(admin_key.sha256),
             payments,

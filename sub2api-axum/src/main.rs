@@ -301,6 +301,8 @@ async fn demo() -> Result<(), String> {
             email: "demo@example.com".into(),
             balance_usd: Money::usd(5),
             password: None,
+            concurrency: None,
+            rpm: None,
         }],
         keys: vec![KeySeed {
             user: "demo@example.com".into(),

@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::domain::{
-    AccountKind, AccountOptions, Credentials, KeyLimits, OAuthTokens, Platform, ProxyUrl, Secret,
+    AccountKind, AccountOptions, Credentials, KeyLimits, Limits, OAuthTokens, Platform, ProxyUrl,
+    Secret,
 };
 use crate::ledger::{Credit, EntryKind, Ledger, LedgerError};
 use crate::meter::HoldPolicy;
@@ -59,7 +60,13 @@ pub struct RelaySection {
     /// `0` = strict holds (every body byte a token, the default); `N` = N bytes per token.
     pub hold_bytes_per_token: u32,
     pub sticky_ttl_secs: u64,
+    /// How long a request waits for a free account slot, and for a free slot of its key and
+    /// user.
     pub queue_wait_secs: u64,
+    /// `0` (the default): off. `N`: an Anthropic stream (`"stream": true` on `/v1/messages`) that
+    /// has waited N ms is answered `200` at once and sent an SSE `ping` every N ms until its
+    /// answer is ready; a failure after that is an SSE `error` event instead of a status code.
+    pub stream_wait_pings_after_ms: u64,
 }
 
 impl Default for RelaySection {
@@ -73,6 +80,7 @@ impl Default for RelaySection {
             hold_bytes_per_token: 0,
             sticky_ttl_secs: 3600,
             queue_wait_secs: 60,
+            stream_wait_pings_after_ms: 0,
         }
     }
 }
@@ -84,6 +92,8 @@ impl RelaySection {
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),
             first_byte_timeout: Duration::from_secs(self.first_byte_timeout_secs),
             max_attempts: self.max_attempts,
+            stream_wait_pings_after: (self.stream_wait_pings_after_ms > 0)
+                .then(|| Duration::from_millis(self.stream_wait_pings_after_ms)),
         }
     }
 
@@ -273,6 +283,11 @@ pub struct UserSeed {
     #[serde(default)]
     pub balance_usd: Money,
     pub password: Option<String>,
+    /// Requests in flight at once over all of the user's keys. Given here, it is applied at
+    /// every start (the file wins over an API change); absent, the stored limit is kept.
+    pub concurrency: Option<u32>,
+    /// Requests per minute over all of the user's keys; applied like `concurrency`.
+    pub rpm: Option<u32>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -442,8 +457,23 @@ pub async fn apply_seed(
                 u.email
             )));
         }
+        if u.concurrency == Some(0) || u.rpm == Some(0) {
+            return Err(ConfigError::Seed(format!(
+                "user `{}`: concurrency and rpm must be at least 1 (omit them for no limit)",
+                u.email
+            )));
+        }
         let (user, created) = dir.ensure_user(&u.email).await?;
         report.users_created += created as usize;
+        if u.concurrency.is_some() || u.rpm.is_some() {
+            let limits = Limits {
+                concurrency: u.concurrency,
+                rpm: u.rpm,
+            };
+            if user.limits != limits {
+                dir.set_user_limits(user.id, &limits).await?;
+            }
+        }
         let out = ledger
             .credit(Credit {
                 user_id: user.id,
@@ -569,6 +599,54 @@ mod tests {
         assert_eq!(
             dir.groups().await.unwrap()[0].rate_multiplier,
             Multiplier::parse("1.5").unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn seeded_user_limits_reach_the_principal_and_follow_the_file() {
+        let file = |limits: &str| {
+            toml::from_str::<Config>(&format!(
+                "[[groups]]\nname = \"g\"\nplatform = \"anthropic\"\n\
+                 [[users]]\nemail = \"bob@example.com\"\n{limits}\n\
+                 [[keys]]\nuser = \"bob@example.com\"\ngroup = \"g\"\nkey = \"sk-bob\"\nrpm = 9\n"
+            ))
+            .unwrap()
+        };
+        let dir = MemoryDirectory::new();
+        let ledger = MemoryLedger::new();
+        apply_seed(&file("concurrency = 2\nrpm = 30"), &dir, &ledger)
+            .await
+            .unwrap();
+        let p = dir
+            .principal(&crate::domain::KeyHash::of("sk-bob"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            p.user_limits,
+            Limits {
+                concurrency: Some(2),
+                rpm: Some(30)
+            }
+        );
+        assert_eq!(p.limits.rpm, Some(9));
+        // A file without limits keeps what is stored; one with limits replaces them.
+        apply_seed(&file(""), &dir, &ledger).await.unwrap();
+        let u = dir.user_by_email("bob@example.com").await.unwrap().unwrap();
+        assert_eq!(u.limits.concurrency, Some(2));
+        apply_seed(&file("rpm = 5"), &dir, &ledger).await.unwrap();
+        let u = dir.user_by_email("bob@example.com").await.unwrap().unwrap();
+        assert_eq!(
+            u.limits,
+            Limits {
+                concurrency: None,
+                rpm: Some(5)
+            }
+        );
+        assert!(
+            apply_seed(&file("concurrency = 0"), &dir, &ledger)
+                .await
+                .is_err()
         );
     }
 

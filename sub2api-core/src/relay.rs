@@ -24,12 +24,13 @@ use crate::error::RelayError;
 use crate::layer::auth::{AuthLayer, KeyCache, extract_key};
 use crate::layer::error_render::{ErrorRenderLayer, render};
 use crate::layer::failover::FailoverLayer;
-use crate::layer::limit::{KeyLimiter, LimitLayer};
+use crate::layer::limit::{KeyLimiter, LimitLayer, Limiter};
 use crate::layer::meter::{MeterLayer, MeterSettings};
 use crate::layer::parse::ParseLayer;
 use crate::layer::request_id::RequestIdLayer;
 use crate::layer::reserve::ReserveLayer;
 use crate::layer::schedule::ScheduleLayer;
+use crate::layer::stream_wait::StreamWaitLayer;
 use crate::layer::upstream::Upstream;
 use crate::ledger::Ledger;
 use crate::meter::{Meter, PricedMeter};
@@ -49,6 +50,9 @@ pub struct RelayConfig {
     pub first_byte_timeout: Duration,
     /// Upstream attempts per request, the first included.
     pub max_attempts: u32,
+    /// Anthropic streams that wait this long (for a slot or the vendor) get `200` and SSE
+    /// `ping`s until their answer is ready (see [`crate::layer::stream_wait`]); `None`: off.
+    pub stream_wait_pings_after: Option<Duration>,
 }
 
 impl Default for RelayConfig {
@@ -58,6 +62,7 @@ impl Default for RelayConfig {
             drain_timeout: Duration::from_secs(60),
             first_byte_timeout: Duration::from_secs(600),
             max_attempts: 3,
+            stream_wait_pings_after: None,
         }
     }
 }
@@ -73,6 +78,10 @@ pub struct RelayParts {
     pub usage_log: Arc<dyn UsageLog>,
     pub prices: Arc<PriceTable>,
     pub meter: Arc<dyn Meter>,
+    /// Per-key and per-user concurrency and RPM; `None`: counted in this process
+    /// ([`KeyLimiter`]). A cluster passes one shared by its nodes (`sub2api_redis::RedisLimiter`),
+    /// or a user's limit would be multiplied by the number of nodes.
+    pub limiter: Option<Arc<dyn Limiter>>,
 }
 
 impl RelayParts {
@@ -110,7 +119,13 @@ impl Relay {
             .layer(ErrorRenderLayer)
             .layer(AuthLayer::new(keys.clone()))
             .layer(ParseLayer::new(config.max_body_bytes).with_accounts(parts.accounts.clone()))
-            .layer(LimitLayer::new(Arc::new(KeyLimiter::default())))
+            .layer(StreamWaitLayer::new(config.stream_wait_pings_after))
+            .layer(LimitLayer::new(
+                parts
+                    .limiter
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(KeyLimiter::default())),
+            ))
             .layer(
                 ReserveLayer::new(parts.ledger.clone(), parts.meter.clone())
                     .with_tracker(tracker.clone()),

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::account_provider::AccountStatus;
 use crate::domain::{
     Account, AccountId, AccountKind, AccountOptions, ApiKey, Credentials, Group, GroupId, KeyHash,
-    KeyId, KeyLimits, Platform, Principal, UsageRecord, User, UserId,
+    KeyId, KeyLimits, Limits, Platform, Principal, UsageRecord, User, UserId,
 };
 use crate::money::Multiplier;
 use crate::oauth::PendingAuthorization;
@@ -117,6 +117,13 @@ pub trait Directory: Send + Sync + 'static {
     async fn ensure_user(&self, email: &str) -> Result<(User, bool), StoreError>;
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError>;
     async fn users(&self) -> Result<Vec<User>, StoreError>;
+    /// Replaces a user's own limits (over all of their keys).
+    async fn set_user_limits(&self, user: UserId, limits: &Limits) -> Result<(), StoreError> {
+        let _ = (user, limits);
+        Err(StoreError::Invalid(
+            "this directory cannot keep user limits".into(),
+        ))
+    }
 
     /// Stores the key's hash; an existing key with the same hash is returned unchanged.
     async fn ensure_key(&self, key: NewKey) -> Result<ApiKey, StoreError>;

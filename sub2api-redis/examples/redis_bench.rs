@@ -266,6 +266,7 @@ async fn main() {
             usage_log: Arc::new(MemoryUsageLog::default()),
             prices: prices.clone(),
             meter: Arc::new(PricedMeter::new(prices.clone())),
+            limiter: None,
         };
         Relay::new(parts, RelayConfig::default())
     };

@@ -346,6 +346,18 @@ impl Hub {
     }
 }
 
+/// Wired to the admin API ([`ApiParts::on_keys_changed`](sub2api_core::api::ApiParts)): an
+/// operator's change to a key, user or group empties every node's key cache, not only the
+/// cache of the node that served the admin request.
+#[async_trait::async_trait]
+impl sub2api_core::api::KeysChanged for Hub {
+    async fn keys_changed(&self) {
+        if let Err(e) = self.publish_key_invalidation_all().await {
+            tracing::warn!(error = %e, "cannot announce a key change to the other nodes; their caches expire it within the key cache TTL");
+        }
+    }
+}
+
 impl Drop for Hub {
     fn drop(&mut self) {
         self.stop.cancel();

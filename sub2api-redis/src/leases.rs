@@ -154,6 +154,29 @@ impl Pending {
         }
     }
 
+    /// The script took a lease under the same member in each of `leases` (`(key, capacity,
+    /// scope name)`): one guard per lease.
+    pub(crate) fn into_leases(mut self, leases: Vec<(String, u32, String)>) -> Vec<LeaseGuard> {
+        self.armed = false;
+        let member = std::mem::take(&mut self.member);
+        let mut held = self.keeper.held.lock().unwrap();
+        leases
+            .into_iter()
+            .map(|(key, capacity, name)| {
+                let id = self.keeper.next.fetch_add(1, Ordering::Relaxed);
+                held.insert(id, (key.clone(), member.clone()));
+                LeaseGuard {
+                    keeper: self.keeper.clone(),
+                    id,
+                    key,
+                    member: member.clone(),
+                    capacity,
+                    name,
+                }
+            })
+            .collect()
+    }
+
     /// The script answered that it took nothing.
     pub(crate) fn defuse(mut self) {
         self.armed = false;

@@ -14,7 +14,8 @@
 //!   credentials from a wrapped `MemoryAccountProvider`; cooldowns and disablements shared
 //!   through Redis and read from a local cache kept current by pub/sub; an operator's reload or
 //!   clear reaches every node.
-//! - [`RedisKeyLimiter`]: per-key RPM and concurrency across the cluster.
+//! - [`RedisLimiter`]: core's [`Limiter`](sub2api_core::layer::limit::Limiter): per-key and
+//!   per-user RPM and concurrency across the cluster (`RelayParts::limiter`).
 //! - [`RedisRefreshLock`]: core's `oauth::RefreshLock` (single-flight OAuth refresh across nodes).
 //! - [`Hub`]: the connection; also [`Hub::acquire_lease`] for any other scope (per user, ...)
 //!   and key-cache invalidation ([`Hub::publish_key_invalidation`], [`Hub::on_key_invalidation`]).
@@ -45,7 +46,7 @@
 //! | `status()` (per candidate, per request) | never touches Redis: the last cached value | the cache is reloaded whole when the subscriber reconnects |
 //! | `report()` (429 / 529 / 401 ...) | applied to this node at once and persisted to the Directory; the shared write is kept | pushed on reconnect; statuses still in force that a restarted Redis lost (new `run_id`) are pushed again by the nodes that know them |
 //! | operator reload / clear ([`PoolControl`](sub2api_core::api::PoolControl)) | done on this node; the announcement is lost | every node reloads accounts when its subscriber reconnects |
-//! | key RPM / concurrency ([`RedisKeyLimiter`]) | **fails closed**: 503 `overloaded_error`, `retry-after: 1` | - |
+//! | key and user RPM / concurrency ([`RedisLimiter`]) | **fails closed** for limited keys and users: 503 in the caller's dialect (`overloaded_error` for Anthropic), `retry-after: 1`; requests with no limit at all never touch Redis here | the next request is counted normally; leases a restarted Redis lost come back with the heartbeat |
 //! | refresh lock ([`RedisRefreshLock`]) | **fails open**: `lock` errs at once and core's provider refreshes without the cluster lock (still single-flight in the process) | - |
 //! | key-cache invalidation | publishing returns the error (the key cache's own TTL, 30 s, bounds staleness) | subscribers are told [`KeyInvalidation::All`] on reconnect |
 //! | [`connect`] at boot | fails: a node does not start without the Redis it was told to use | - |
@@ -66,7 +67,7 @@ use sub2api_core::memory::{MemoryAccountProvider, SchedulerConfig};
 pub use accounts::RedisAccountProvider;
 pub use hub::{Event, Hub, KeyInvalidation};
 pub use leases::LeaseGuard;
-pub use limiter::RedisKeyLimiter;
+pub use limiter::{RedisKeyLimiter, RedisLimiter};
 pub use refresh::{RedisRefreshLock, RefreshLock, RefreshLockError};
 pub use scheduler::RedisScheduler;
 
@@ -141,9 +142,9 @@ impl RedisCluster {
         self.hub.flush().await;
     }
 
-    /// A per-key limiter on the same connection.
-    pub fn key_limiter(&self) -> RedisKeyLimiter {
-        RedisKeyLimiter::new(self.hub.clone())
+    /// The per-key and per-user limiter on the same connection (for `RelayParts::limiter`).
+    pub fn limiter(&self) -> RedisLimiter {
+        RedisLimiter::new(self.hub.clone())
     }
 }
 

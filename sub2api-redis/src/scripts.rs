@@ -7,11 +7,11 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `P:lease:acct:<id>` | sorted set | an account's concurrency leases; member = `<node>:<seq>`, score = expiry (ms); expired members are ignored by every count and swept by heartbeats |
-//! | `P:lease:key:<id>`, `P:lease:<scope>` | sorted set | the same for API keys and any other scope |
+//! | `P:lease:key:<id>`, `P:lease:user:<id>`, `P:lease:<scope>` | sorted set | the same for API keys, users and any other scope |
 //! | `P:sticky:<session>` | string | the account id a session is bound to; `PX` = sticky TTL, renewed on use |
 //! | `P:acct` | hash | `l:<id>` -> when the account was last leased (µs); `b:<id>` -> cooling down until (ms), or `-1` when disabled |
 //! | `P:status` | hash | account id -> the full status as JSON (for caches that resync) |
-//! | `P:rpm:<key id>` | hash | `w` = minute window, `c` = requests in it |
+//! | `P:rpm:<key id>`, `P:rpm:user:<user id>` | hash | `w` = minute window, `c` = requests in it (per key, per user) |
 //! | `P:refresh:<id>` | string | the single-flight token refresh lock (`NX PX`) |
 //!
 //! Channels: `P:ev:released` (lease scopes that went from full to not full, space separated),
@@ -178,30 +178,60 @@ return {0, next_expiry(k)}
     )
 });
 
-/// Admit a request of an API key: the per-minute counter, then a concurrency lease.
+/// Admit a request against the limits of several scopes at once (its API key and its user):
+/// every per-minute counter, then a concurrency lease in every scope. All or nothing: a request
+/// over one scope's RPM is counted against none, and a request that finds one scope full takes
+/// no lease anywhere, so a waiter never holds one scope's slot while it waits for another's.
 ///
-/// KEYS: 1 rpm hash, 2 lease set. ARGV: 1 rpm limit (0 none), 2 `1` to count this request
-/// against the rpm (first try only), 3 capacity (0 none), 4 member, 5 TTL ms.
-/// Replies `{-1, retry_ms}` over the rpm; `{1, expiry}` leased; `{0, wake_ms}` no free slot;
-/// `{2}` admitted without a lease (no concurrency limit).
+/// KEYS: per scope i, `2i-1` its rpm hash and `2i` its lease set. ARGV: 1 `1` to count this
+/// request against the RPMs (first try only), 2 member, 3 TTL ms, then per scope: rpm limit
+/// (0 none), capacity (0 none).
+/// Replies `{-1, retry_ms, i}` over scope i's RPM; `{1, expiry}` leased in every scope with a
+/// capacity; `{0, wake_ms, i}` scope i has no free slot; `{2}` admitted without a lease (no
+/// capacity anywhere).
 pub static ADMIT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
-local rpm = tonumber(ARGV[1])
-if ARGV[2] == '1' and rpm > 0 then
-  local window = math.floor(now / 60000)
-  local cur = redis.call('HMGET', KEYS[1], 'w', 'c')
-  local c = 0
-  if tonumber(cur[1]) == window then c = tonumber(cur[2]) or 0 end
-  if c >= rpm then return {-1, (window + 1) * 60000 - now} end
-  redis.call('HSET', KEYS[1], 'w', window, 'c', c + 1)
-  redis.call('PEXPIRE', KEYS[1], 120000)
+local n = #KEYS / 2
+local member, ttl = ARGV[2], tonumber(ARGV[3])
+local rpm, cap = {}, {}
+for i = 1, n do
+  rpm[i] = tonumber(ARGV[2 + 2 * i])
+  cap[i] = tonumber(ARGV[3 + 2 * i])
 end
-local cap = tonumber(ARGV[3])
-if cap <= 0 then return {2} end
-local k = KEYS[2]
-if live(k) < cap then return {1, add_lease(k, ARGV[4], tonumber(ARGV[5]))} end
-return {0, next_expiry(k)}
+if ARGV[1] == '1' then
+  local window = math.floor(now / 60000)
+  local counts = {}
+  for i = 1, n do
+    if rpm[i] > 0 then
+      local cur = redis.call('HMGET', KEYS[2 * i - 1], 'w', 'c')
+      local c = 0
+      if tonumber(cur[1]) == window then c = tonumber(cur[2]) or 0 end
+      if c >= rpm[i] then return {-1, (window + 1) * 60000 - now, i} end
+      counts[i] = c
+    end
+  end
+  for i = 1, n do
+    if counts[i] then
+      redis.call('HSET', KEYS[2 * i - 1], 'w', window, 'c', counts[i] + 1)
+      redis.call('PEXPIRE', KEYS[2 * i - 1], 120000)
+    end
+  end
+end
+local any = false
+for i = 1, n do
+  if cap[i] > 0 then
+    any = true
+    local k = KEYS[2 * i]
+    if live(k) >= cap[i] then return {0, next_expiry(k), i} end
+  end
+end
+if not any then return {2} end
+local exp = 0
+for i = 1, n do
+  if cap[i] > 0 then exp = add_lease(KEYS[2 * i], member, ttl) end
+end
+return {1, exp}
 ",
     )
 });

@@ -377,3 +377,127 @@ async fn a_pool_with_every_slot_parked_answers_no_account_and_a_cleared_account_
     a.stop().await;
     b.stop().await.cluster.hub.purge().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_over_rpm_gets_429_in_anthropic_shape_from_any_node() {
+    let vendor = vendor().await;
+    let schema = Schema::new().await;
+    let config = seed_with_user(&vendor.base_url(), &[("u1", 50, 8)], "10.00", "rpm = 2");
+    seed_schema(&schema.url, &config).await;
+    let prefix = random_prefix();
+    let a = Node::start(&schema.url, &redis_url(), options(&prefix)).await;
+    let b = Node::start(&schema.url, &redis_url(), options(&prefix)).await;
+    let minute = || sub2api_core::account_provider::now_ms() / 60_000;
+    let mut refused = None;
+    let mut served = 0;
+    for _ in 0..2 {
+        let start = minute();
+        for node in [&a, &b] {
+            let (status, text, _) = node.send(&body("claude-haiku-4-5", 16, false)).await;
+            assert_eq!(status, 200, "{text}");
+            served += 1;
+        }
+        let third = b.send(&body("claude-haiku-4-5", 16, true)).await;
+        if minute() == start {
+            refused = Some(third);
+            break;
+        }
+        // The minute turned mid-sequence (the count restarted): run it again in the new one.
+        served += (third.0 == 200) as u64;
+    }
+    let (status, text, headers) = refused.expect("a sequence within one minute");
+    assert_eq!(status, 429, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("user"),
+        "{text}"
+    );
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "retry-after {retry}");
+    assert_eq!(
+        vendor.count(&mock_key("u1")),
+        served,
+        "the refused request never went upstream"
+    );
+    a.stop().await;
+    b.stop().await.cluster.hub.purge().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_key_and_user_changes_on_one_node_apply_on_the_other_at_once() {
+    let (_vendor, _schema, a, b) = two_nodes(&[("c1", 50, 8)], "10.00").await;
+    // Node B caches the key (for 30 s) by serving it.
+    let (status, text, _) = b.send(&body("claude-haiku-4-5", 16, false)).await;
+    assert_eq!(status, 200, "{text}");
+    let (tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    b.cluster.hub.on_key_invalidation(move |i| {
+        let _ = tx.send(i);
+    });
+    let user = a
+        .relay
+        .parts()
+        .directory
+        .user_by_email(USER)
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+
+    // A user limit set through node A's admin API binds on node B at once.
+    let (status, v) = a
+        .api
+        .admin_call(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/admin/users/{user}"),
+            serde_json::json!({"concurrency": 1, "rpm": 1000}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["concurrency"].as_u64(), v["rpm"].as_u64()),
+        (Some(1), Some(1000))
+    );
+    tokio::time::timeout(Duration::from_secs(5), heard.recv())
+        .await
+        .expect("node B hears of the change")
+        .unwrap();
+    let principal = b
+        .relay
+        .key_cache()
+        .lookup(KEY)
+        .await
+        .unwrap()
+        .expect("the key still works");
+    assert_eq!(principal.user_limits.concurrency, Some(1));
+
+    // A key disabled through node A is refused by node B at once.
+    let (status, keys) = a
+        .api
+        .admin_call(
+            reqwest::Method::GET,
+            "/api/v1/admin/keys",
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{keys}");
+    let id = keys["items"][0]["id"].as_i64().unwrap();
+    let (status, v) = a
+        .api
+        .admin_call(
+            reqwest::Method::POST,
+            &format!("/api/v1/admin/keys/{id}/disable"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    tokio::time::timeout(Duration::from_secs(5), heard.recv())
+        .await
+        .expect("node B hears of the change")
+        .unwrap();
+    let (status, text, _) = b.send(&body("claude-haiku-4-5", 16, false)).await;
+    assert_eq!(status, 401, "{text}");
+    a.stop().await;
+    b.stop().await.cluster.hub.purge().await.unwrap();
+}

@@ -10,14 +10,16 @@ use std::time::Duration;
 use common::{eventually, options, random_prefix, redis_url};
 use sub2api_core::account_provider::{AccountProvider, AccountStatus, Outcome, now_ms};
 use sub2api_core::domain::{
-    Account, AccountId, Credentials, Group, KeyHash, KeyId, KeyLimits, Secret,
+    Account, AccountId, Credentials, Group, KeyHash, KeyId, KeyLimits, KeyRules, Limits, Principal,
+    Secret, UserId,
 };
+use sub2api_core::layer::limit::{Limiter, Scope};
 use sub2api_core::memory::MemoryAccountProvider;
 use sub2api_core::oauth::RefreshLock as CoreRefreshLock;
 use sub2api_core::scheduler::{ScheduleError, Scheduler, SelectRequest, SessionKey};
 use sub2api_redis::{
-    KeyInvalidation, RedisCluster, RedisKeyLimiter, RedisOptions, RedisRefreshLock,
-    RefreshLockError, connect,
+    KeyInvalidation, RedisCluster, RedisLimiter, RedisOptions, RedisRefreshLock, RefreshLockError,
+    connect,
 };
 
 fn account(id: i64, priority: i32, concurrency: u32) -> (Account, Credentials) {
@@ -248,9 +250,9 @@ async fn key_limits_hold_across_nodes() {
     let prefix = random_prefix();
     let a = node(&prefix, vec![], |_| {}).await;
     let b = node(&prefix, vec![], |_| {}).await;
-    let mut la = RedisKeyLimiter::new(a.hub.clone());
+    let mut la = RedisLimiter::new(a.hub.clone());
     la.max_wait = Duration::from_millis(200);
-    let mut lb = RedisKeyLimiter::new(b.hub.clone());
+    let mut lb = RedisLimiter::new(b.hub.clone());
     lb.max_wait = Duration::from_secs(5);
     let lb = Arc::new(lb);
     // Concurrency 1 across both nodes.
@@ -258,12 +260,13 @@ async fn key_limits_hold_across_nodes() {
         concurrency: Some(1),
         rpm: None,
     };
-    let p1 = la.admit(KeyId(9), &limits).await.unwrap().expect("a lease");
+    let p1 = la.admit(KeyId(9), &limits).await.unwrap();
+    assert!(p1.is_held(), "a lease");
     let e = la.admit(KeyId(9), &limits).await.unwrap_err(); // waits 200 ms, times out
     assert!(e.retry_after.is_some());
     // A waiter on node B gets the slot when node A's request ends.
     let (lb2, l2) = (lb.clone(), limits.clone());
-    let waiter = tokio::spawn(async move { lb2.admit(KeyId(9), &l2).await.map(|p| p.is_some()) });
+    let waiter = tokio::spawn(async move { lb2.admit(KeyId(9), &l2).await.map(|p| p.is_held()) });
     tokio::task::yield_now().await;
     drop(p1);
     assert!(waiter.await.unwrap().unwrap());
@@ -277,7 +280,7 @@ async fn key_limits_hold_across_nodes() {
         let minute = now_ms() / 60_000;
         for l in [&la, &lb, &la] {
             assert!(
-                l.admit(key, &rpm).await.unwrap().is_none(),
+                !l.admit(key, &rpm).await.unwrap().is_held(),
                 "admitted without a lease"
             );
         }
@@ -291,11 +294,163 @@ async fn key_limits_hold_across_nodes() {
     }
     // No limits: admitted without touching anything.
     assert!(
-        la.admit(KeyId(10), &KeyLimits::default())
+        !la.admit(KeyId(10), &KeyLimits::default())
             .await
             .unwrap()
-            .is_none()
+            .is_held()
     );
+}
+
+fn principal(user: i64, key: i64, limits: Limits, user_limits: Limits) -> Principal {
+    Principal {
+        user: UserId(user),
+        key: KeyId(key),
+        group: Arc::new(group()),
+        limits,
+        user_limits,
+        rules: KeyRules::default(),
+    }
+}
+
+fn concurrency(n: u32) -> Limits {
+    Limits {
+        concurrency: Some(n),
+        rpm: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_with_concurrency_two_never_has_more_than_two_in_flight_across_nodes() {
+    let prefix = random_prefix();
+    let a = node(&prefix, vec![], |_| {}).await;
+    let b = node(&prefix, vec![], |_| {}).await;
+    let la = Arc::new(RedisLimiter::new(a.hub.clone()));
+    let lb = Arc::new(RedisLimiter::new(b.hub.clone()));
+    let user = Scope::User(UserId(5));
+    // Six requests of one user through six keys (each allowing 4), three on each node.
+    let current = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let peak = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let go = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let l = if i % 2 == 0 { la.clone() } else { lb.clone() };
+        let p = principal(5, 100 + i, concurrency(4), concurrency(2));
+        let (current, peak, go) = (current.clone(), peak.clone(), go.clone());
+        tasks.push(tokio::spawn(async move {
+            let permit = Limiter::admit(l.as_ref(), &p).await?;
+            let now = current.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            peak.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+            go.acquire().await.unwrap().forget();
+            current.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            drop(permit);
+            Ok::<_, sub2api_core::error::RelayError>(())
+        }));
+    }
+    let settled = eventually(Duration::from_secs(10), async || {
+        la.waiting(user) + lb.waiting(user) == 4
+            && current.load(std::sync::atomic::Ordering::SeqCst) == 2
+    })
+    .await;
+    assert!(settled.is_some(), "two run, four wait (not refused)");
+    assert_eq!(a.hub.lease_count("user:5").await.unwrap(), 2);
+    // Waiting requests hold no key slot meanwhile.
+    let mut key_leases = 0;
+    for i in 0..6 {
+        key_leases += b
+            .hub
+            .lease_count(&format!("key:{}", 100 + i))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        key_leases, 2,
+        "only the two running requests hold key slots"
+    );
+    go.add_permits(6);
+    for t in tasks {
+        t.await.unwrap().expect("every request is admitted in turn");
+    }
+    assert_eq!(peak.load(std::sync::atomic::Ordering::SeqCst), 2);
+    a.hub.flush().await;
+    b.hub.flush().await;
+    assert_eq!(a.hub.lease_count("user:5").await.unwrap(), 0);
+    a.hub.purge().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_user_rpm_is_shared_by_the_users_keys_and_by_every_node() {
+    let prefix = random_prefix();
+    let a = node(&prefix, vec![], |_| {}).await;
+    let b = node(&prefix, vec![], |_| {}).await;
+    let (la, lb) = (
+        RedisLimiter::new(a.hub.clone()),
+        RedisLimiter::new(b.hub.clone()),
+    );
+    let rpm = |n| Limits {
+        concurrency: None,
+        rpm: Some(n),
+    };
+    for user in [21, 22] {
+        let minute = now_ms() / 60_000;
+        let k1 = principal(user, 1000 + user, rpm(10), rpm(3));
+        let k2 = principal(user, 2000 + user, Limits::default(), rpm(3));
+        for (l, p) in [(&la, &k1), (&lb, &k2), (&lb, &k1)] {
+            assert!(!Limiter::admit(l, p).await.unwrap().is_held());
+        }
+        let fourth = Limiter::admit(&la, &k2).await;
+        if now_ms() / 60_000 != minute {
+            continue; // the minute turned mid-sequence: try again with a fresh user
+        }
+        let e = fourth.unwrap_err();
+        assert_eq!(e.class, sub2api_core::dialect::ErrorClass::RateLimited);
+        assert!(e.message.contains("user"), "{}", e.message);
+        assert!(e.retry_after.unwrap() <= Duration::from_secs(60));
+        break;
+    }
+    a.hub.purge().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_user_lease_frees_itself_within_the_lease_ttl() {
+    let prefix = random_prefix();
+    let ttl = Duration::from_millis(1500);
+    let short = |o: &mut RedisOptions| {
+        o.lease_ttl = ttl;
+        o.renew_every = Duration::from_millis(300);
+    };
+    let doomed = node(&prefix, vec![], short).await;
+    let survivor = node(&prefix, vec![], short).await;
+    let p = principal(31, 310, Limits::default(), concurrency(1));
+    let held = Limiter::admit(&RedisLimiter::new(doomed.hub.clone()), &p)
+        .await
+        .unwrap();
+    assert!(held.is_held());
+    // The heartbeat keeps it past the TTL while the node lives.
+    let since = tokio::time::Instant::now();
+    assert!(
+        eventually(ttl * 3, async || since.elapsed() > ttl * 2)
+            .await
+            .is_some()
+    );
+    assert_eq!(survivor.hub.lease_count("user:31").await.unwrap(), 1);
+    // It dies holding it: no release, no heartbeat.
+    doomed.hub.abandon();
+    std::mem::forget(held);
+    let died = tokio::time::Instant::now();
+    let mut l = RedisLimiter::new(survivor.hub.clone());
+    l.max_wait = ttl * 4;
+    let permit = Limiter::admit(&l, &p)
+        .await
+        .expect("the user's slot is usable again");
+    let waited = died.elapsed();
+    assert!(permit.is_held());
+    assert!(
+        waited <= ttl + Duration::from_millis(700),
+        "usable again after {waited:?} (TTL {ttl:?})"
+    );
+    drop(permit);
+    survivor.hub.flush().await;
+    survivor.hub.purge().await.unwrap();
 }
 
 #[tokio::test]

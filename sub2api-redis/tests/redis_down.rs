@@ -169,6 +169,36 @@ async fn redis_going_away_fails_closed_with_503_and_everything_recovers_when_it_
         upstream_before,
         "nothing went upstream while leases could not be taken"
     );
+    // Key and user limits fail closed the same way (a limit that cannot be checked is not
+    // waived); a request limited by nothing never needs Redis there.
+    {
+        use sub2api_core::domain::{KeyId, Limits, Principal, UserId};
+        use sub2api_core::layer::limit::Limiter;
+        let limiter = node.cluster.limiter();
+        let principal = |user_limits| Principal {
+            user: UserId(1),
+            key: KeyId(1),
+            group: Arc::new(group.clone()),
+            limits: Limits::default(),
+            user_limits,
+            rules: Default::default(),
+        };
+        let limited = Limits {
+            concurrency: Some(4),
+            rpm: None,
+        };
+        let e = Limiter::admit(&limiter, &principal(limited))
+            .await
+            .expect_err("fails closed");
+        assert_eq!(e.class, sub2api_core::dialect::ErrorClass::Overloaded);
+        assert!(e.retry_after.is_some());
+        assert!(
+            !Limiter::admit(&limiter, &principal(Limits::default()))
+                .await
+                .unwrap()
+                .is_held()
+        );
+    }
     // Status reads never touch Redis: the last known value.
     assert!(matches!(
         node.cluster.accounts.status(p),

@@ -23,7 +23,7 @@ use crate::redeem::{RedeemBatch, RedeemCode, RedeemError, RedeemStatus, RedeemVa
 use crate::subscriptions::{NewPlan, Plan, PlanId, Subscription, SubscriptionId};
 use crate::{SqlStore, store_err};
 
-const USER_COLUMNS: &str = "id, email, enabled, is_admin, created_at";
+const USER_COLUMNS: &str = "id, email, enabled, is_admin, created_at, concurrency, rpm";
 const KEY_COLUMNS: &str = "id, user_id, group_id, name, enabled, concurrency_limit, rpm_limit, created_at, hint, quota, \
      quota_used, expires_at, ip_allowlist";
 
@@ -34,6 +34,7 @@ fn user_from_row(r: &Row) -> Result<UserRecord, sqlx::Error> {
         enabled: r.bool("enabled")?,
         is_admin: r.bool("is_admin")?,
         created_at_ms: r.i64("created_at")?,
+        limits: crate::directory::user_limits_from_row(r, "concurrency", "rpm")?,
     })
 }
 
@@ -263,13 +264,16 @@ impl AdminStore for SqlStore {
             let row = tx
                 .one(
                     Q::built(format!(
-                        "INSERT INTO users (email, enabled, created_at, password_hash, is_admin) VALUES ($1, TRUE, $2, $3, $4)
+                        "INSERT INTO users (email, enabled, created_at, password_hash, is_admin, concurrency, rpm)
+                         VALUES ($1, TRUE, $2, $3, $4, $5, $6)
                          RETURNING {USER_COLUMNS}"
                     ))
                     .bind(&user.email)
                     .bind(now)
                     .bind(user.password_hash.clone())
-                    .bind(user.is_admin),
+                    .bind(user.is_admin)
+                    .bind(user.limits.concurrency.map(i64::from))
+                    .bind(user.limits.rpm.map(i64::from)),
                 )
                 .await?;
             tx.exec(
@@ -374,6 +378,15 @@ impl AdminStore for SqlStore {
                     Q::new("UPDATE users SET password_hash = $2 WHERE id = $1")
                         .bind(id.0)
                         .bind(h),
+                )
+                .await?;
+            }
+            if let Some(l) = &patch.limits {
+                tx.exec(
+                    Q::new("UPDATE users SET concurrency = $2, rpm = $3 WHERE id = $1")
+                        .bind(id.0)
+                        .bind(l.concurrency.map(i64::from))
+                        .bind(l.rpm.map(i64::from)),
                 )
                 .await?;
             }

@@ -12,6 +12,7 @@
 //! serialises everything that touches one user's money across any number of processes.
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::sqlite::{SqlitePool, SqliteRow};
@@ -81,6 +82,8 @@ impl From<bool> for Arg {
 pub(crate) struct Q {
     sql: Cow<'static, str>,
     args: Vec<Arg>,
+    /// Whether the prepared statement is kept in the connection's statement cache.
+    persistent: bool,
 }
 
 impl Q {
@@ -88,6 +91,7 @@ impl Q {
         Q {
             sql: Cow::Borrowed(sql),
             args: Vec::new(),
+            persistent: true,
         }
     }
 
@@ -97,6 +101,16 @@ impl Q {
         Q {
             sql: Cow::Owned(sql),
             args: Vec::new(),
+            persistent: true,
+        }
+    }
+
+    /// A statement whose text changes from call to call (a batch of varying size): not cached,
+    /// so it cannot push the hot fixed statements out of the connection's statement cache.
+    pub(crate) fn one_off(sql: String) -> Q {
+        Q {
+            persistent: false,
+            ..Q::built(sql)
         }
     }
 
@@ -106,13 +120,69 @@ impl Q {
     }
 }
 
+/// Builds a statement whose size depends on the batch. Every value is a bound parameter, written
+/// `?` on SQLite and `$n` on Postgres: sqlx resolves SQLite's numbered `$n` parameters by name,
+/// one linear search per parameter, which is quadratic in a statement of thousands of them.
+pub(crate) struct Stmt {
+    pg: bool,
+    sql: String,
+    args: Vec<Arg>,
+}
+
+impl Stmt {
+    pub(crate) fn new(pg: bool, sql: &str) -> Stmt {
+        Stmt {
+            pg,
+            sql: sql.to_owned(),
+            args: Vec::new(),
+        }
+    }
+
+    pub(crate) fn sql(&mut self, s: &str) -> &mut Self {
+        self.sql.push_str(s);
+        self
+    }
+
+    pub(crate) fn arg(&mut self, a: impl Into<Arg>) -> &mut Self {
+        self.args.push(a.into());
+        if self.pg {
+            let _ = write!(self.sql, "${}", self.args.len());
+        } else {
+            self.sql.push('?');
+        }
+        self
+    }
+
+    /// `(?, ?, …)` of `values`.
+    pub(crate) fn list<A: Into<Arg>>(&mut self, values: impl IntoIterator<Item = A>) -> &mut Self {
+        self.sql.push('(');
+        for (i, v) in values.into_iter().enumerate() {
+            if i > 0 {
+                self.sql.push_str(", ");
+            }
+            self.arg(v);
+        }
+        self.sql.push(')');
+        self
+    }
+
+    pub(crate) fn q(self) -> Q {
+        let mut q = Q::one_off(self.sql);
+        for a in self.args {
+            q = q.bind(a);
+        }
+        q
+    }
+}
+
 macro_rules! sqlx_query {
     ($q:expr) => {{
         let q: Q = $q;
         let mut query = match q.sql {
             Cow::Borrowed(s) => sqlx::query(s),
             Cow::Owned(s) => sqlx::query(AssertSqlSafe(s)),
-        };
+        }
+        .persistent(q.persistent);
         for a in q.args {
             query = match a {
                 Arg::I64(v) => query.bind(v),
@@ -135,9 +205,45 @@ pub(crate) enum Pool {
 }
 
 /// A transaction of either backend. Dropped without [`Tx::commit`], it rolls back.
-pub(crate) enum Tx {
-    Sqlite(sqlx::Transaction<'static, Sqlite>),
-    Pg(sqlx::Transaction<'static, Postgres>),
+pub(crate) enum TxOf<'c> {
+    Sqlite(sqlx::Transaction<'c, Sqlite>),
+    Pg(sqlx::Transaction<'c, Postgres>),
+}
+
+/// The transactions of pooled connections, which most of the store uses.
+pub(crate) type Tx = TxOf<'static>;
+
+/// A connection taken out of the pool for good, for the ledger writer: it changes per-connection
+/// settings (SQLite's `synchronous`) that must never leak to other users of the pool.
+pub(crate) enum Conn {
+    Sqlite(sqlx::SqliteConnection),
+    Pg(sqlx::PgConnection),
+}
+
+impl Conn {
+    pub(crate) async fn begin(&mut self) -> Result<TxOf<'_>, sqlx::Error> {
+        use sqlx::Connection as _;
+        Ok(match self {
+            Conn::Sqlite(c) => TxOf::Sqlite(c.begin_with("BEGIN IMMEDIATE").await?),
+            Conn::Pg(c) => TxOf::Pg(c.begin().await?),
+        })
+    }
+
+    /// Runs a statement outside any transaction (a per-connection `PRAGMA`).
+    pub(crate) async fn exec(&mut self, sql: &'static str) -> Result<(), sqlx::Error> {
+        match self {
+            Conn::Sqlite(c) => sqlx::query(sql).execute(&mut *c).await.map(|_| ()),
+            Conn::Pg(c) => sqlx::query(sql).execute(&mut *c).await.map(|_| ()),
+        }
+    }
+
+    pub(crate) async fn close(self) {
+        use sqlx::Connection as _;
+        let _ = match self {
+            Conn::Sqlite(c) => c.close().await,
+            Conn::Pg(c) => c.close().await,
+        };
+    }
 }
 
 /// A result row of either backend.
@@ -155,6 +261,14 @@ impl Pool {
     }
 
     /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite).
+    /// Takes a connection out of the pool for good (see [`Conn`]).
+    pub(crate) async fn detach(&self) -> Result<Conn, sqlx::Error> {
+        Ok(match self {
+            Pool::Sqlite(p) => Conn::Sqlite(p.acquire().await?.detach()),
+            Pool::Pg(p) => Conn::Pg(p.acquire().await?.detach()),
+        })
+    }
+
     pub(crate) async fn begin(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
             Pool::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
@@ -216,11 +330,11 @@ impl Pool {
     }
 }
 
-impl Tx {
+impl TxOf<'_> {
     pub(crate) fn backend(&self) -> Backend {
         match self {
-            Tx::Sqlite(_) => Backend::Sqlite,
-            Tx::Pg(_) => Backend::Postgres,
+            TxOf::Sqlite(_) => Backend::Sqlite,
+            TxOf::Pg(_) => Backend::Postgres,
         }
     }
 
@@ -230,44 +344,44 @@ impl Tx {
 
     pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
-            Tx::Sqlite(t) => t.commit().await,
-            Tx::Pg(t) => t.commit().await,
+            TxOf::Sqlite(t) => t.commit().await,
+            TxOf::Pg(t) => t.commit().await,
         }
     }
 
     pub(crate) async fn exec(&mut self, q: Q) -> Result<u64, sqlx::Error> {
         Ok(match self {
-            Tx::Sqlite(t) => sqlx_query!(q).execute(&mut **t).await?.rows_affected(),
-            Tx::Pg(t) => sqlx_query!(q).execute(&mut **t).await?.rows_affected(),
+            TxOf::Sqlite(t) => sqlx_query!(q).execute(&mut **t).await?.rows_affected(),
+            TxOf::Pg(t) => sqlx_query!(q).execute(&mut **t).await?.rows_affected(),
         })
     }
 
     pub(crate) async fn opt(&mut self, q: Q) -> Result<Option<Row>, sqlx::Error> {
         Ok(match self {
-            Tx::Sqlite(t) => sqlx_query!(q)
+            TxOf::Sqlite(t) => sqlx_query!(q)
                 .fetch_optional(&mut **t)
                 .await?
                 .map(Row::Sqlite),
-            Tx::Pg(t) => sqlx_query!(q).fetch_optional(&mut **t).await?.map(Row::Pg),
+            TxOf::Pg(t) => sqlx_query!(q).fetch_optional(&mut **t).await?.map(Row::Pg),
         })
     }
 
     pub(crate) async fn one(&mut self, q: Q) -> Result<Row, sqlx::Error> {
         Ok(match self {
-            Tx::Sqlite(t) => Row::Sqlite(sqlx_query!(q).fetch_one(&mut **t).await?),
-            Tx::Pg(t) => Row::Pg(sqlx_query!(q).fetch_one(&mut **t).await?),
+            TxOf::Sqlite(t) => Row::Sqlite(sqlx_query!(q).fetch_one(&mut **t).await?),
+            TxOf::Pg(t) => Row::Pg(sqlx_query!(q).fetch_one(&mut **t).await?),
         })
     }
 
     pub(crate) async fn all(&mut self, q: Q) -> Result<Vec<Row>, sqlx::Error> {
         Ok(match self {
-            Tx::Sqlite(t) => sqlx_query!(q)
+            TxOf::Sqlite(t) => sqlx_query!(q)
                 .fetch_all(&mut **t)
                 .await?
                 .into_iter()
                 .map(Row::Sqlite)
                 .collect(),
-            Tx::Pg(t) => sqlx_query!(q)
+            TxOf::Pg(t) => sqlx_query!(q)
                 .fetch_all(&mut **t)
                 .await?
                 .into_iter()

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use sub2api_core::account_provider::AccountStatus;
 use sub2api_core::domain::{
     Account, AccountId, AccountKind, ApiKey, Credentials, Group, GroupId, KeyHash, KeyId,
-    KeyLimits, Principal, User, UserId,
+    KeyLimits, Limits, Principal, User, UserId,
 };
 use sub2api_core::money::Multiplier;
 use sub2api_core::store::{Directory, NewAccount, NewGroup, NewKey, StoreError};
@@ -62,6 +62,22 @@ fn user_from_row(r: &Row) -> Result<User, sqlx::Error> {
         id: UserId(r.i64("id")?),
         email: r.text("email")?,
         enabled: r.bool("enabled")?,
+        limits: user_limits_from_row(r, "concurrency", "rpm")?,
+    })
+}
+
+/// A user's limits from its `concurrency` and `rpm` columns (named as selected).
+pub(crate) fn user_limits_from_row(
+    r: &Row,
+    concurrency: &str,
+    rpm: &str,
+) -> Result<Limits, sqlx::Error> {
+    let read = |col: &str| -> Result<Option<u32>, sqlx::Error> {
+        Ok(r.opt_i64(col)?.map(|v| v.clamp(0, u32::MAX as i64) as u32))
+    };
+    Ok(Limits {
+        concurrency: read(concurrency)?,
+        rpm: read(rpm)?,
     })
 }
 
@@ -177,7 +193,10 @@ impl SqlStore {
         let row = self
             .shared()
             .pool
-            .opt(Q::new("SELECT id, email, enabled FROM users WHERE id = $1").bind(id.0))
+            .opt(
+                Q::new("SELECT id, email, enabled, concurrency, rpm FROM users WHERE id = $1")
+                    .bind(id.0),
+            )
             .await
             .map_err(store_err)?;
         row.map(|r| user_from_row(&r))
@@ -550,7 +569,7 @@ impl Directory for SqlStore {
                 .await?;
             }
             let row = tx
-                .one(Q::new("SELECT id, email, enabled FROM users WHERE email = $1").bind(email))
+                .one(Q::new("SELECT id, email, enabled, concurrency, rpm FROM users WHERE email = $1").bind(email))
                 .await?;
             (user_from_row(&row)?, created.is_some())
         })
@@ -561,7 +580,10 @@ impl Directory for SqlStore {
         let row = self
             .shared()
             .pool
-            .opt(Q::new("SELECT id, email, enabled FROM users WHERE email = $1").bind(email.trim()))
+            .opt(
+                Q::new("SELECT id, email, enabled, concurrency, rpm FROM users WHERE email = $1")
+                    .bind(email.trim()),
+            )
             .await
             .map_err(store_err)?;
         row.map(|r| user_from_row(&r))
@@ -573,13 +595,33 @@ impl Directory for SqlStore {
         let rows = self
             .shared()
             .pool
-            .all(Q::new("SELECT id, email, enabled FROM users ORDER BY id"))
+            .all(Q::new(
+                "SELECT id, email, enabled, concurrency, rpm FROM users ORDER BY id",
+            ))
             .await
             .map_err(store_err)?;
         rows.iter()
             .map(user_from_row)
             .collect::<Result<_, _>>()
             .map_err(store_err)
+    }
+
+    async fn set_user_limits(&self, user: UserId, limits: &Limits) -> Result<(), StoreError> {
+        let n = self
+            .shared()
+            .pool
+            .exec(
+                Q::new("UPDATE users SET concurrency = $2, rpm = $3 WHERE id = $1")
+                    .bind(user.0)
+                    .bind(limit(limits.concurrency))
+                    .bind(limit(limits.rpm)),
+            )
+            .await
+            .map_err(store_err)?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("user {user}")));
+        }
+        Ok(())
     }
 
     async fn ensure_key(&self, key: NewKey) -> Result<ApiKey, StoreError> {
@@ -662,6 +704,7 @@ impl Directory for SqlStore {
             .opt(
                 Q::new(
                     "SELECT k.id AS key_id, k.user_id, k.concurrency_limit, k.rpm_limit,
+                            u.concurrency AS user_concurrency, u.rpm AS user_rpm,
                             k.quota, k.expires_at, k.ip_allowlist,
                             g.id, g.name, g.platform,
                             COALESCE(r.rate_multiplier_ppm, g.rate_multiplier_ppm) AS rate_multiplier_ppm
@@ -689,6 +732,7 @@ impl Directory for SqlStore {
                         .opt_i64("rpm_limit")?
                         .map(|v| v.clamp(0, u32::MAX as i64) as u32),
                 },
+                user_limits: user_limits_from_row(&r, "user_concurrency", "user_rpm")?,
                 rules: crate::admin::key_rules_from_row(&r)?,
             })
         })()

@@ -28,7 +28,8 @@
 //!
 //! # Never overdrawn by holds
 //!
-//! On Postgres a wallet-only hold is one statement: a CTE whose `UPDATE wallets SET held = held + x
+//! In a batch of the ledger writer, holds are decided against wallets read under the write lock
+//! (see [`crate::batch`]). Outside a batch, on Postgres a wallet-only hold is one statement: a CTE whose `UPDATE wallets SET held = held + x
 //! WHERE balance - held >= x` is chained with the hold and journal inserts. Concurrent updates of
 //! the same row re-check the condition on the newest row version, so no interleaving of any number
 //! of processes can take the available balance below zero. Everything else (holds that involve a
@@ -38,8 +39,10 @@
 //!
 //! # Settlements
 //!
-//! [`Ledger::settle`] goes through the group-commit batcher ([`crate::batch`]) and returns only
-//! after the transaction that journals it has committed.
+//! [`Ledger::reserve`], [`Ledger::settle`] and [`Ledger::release`] go through the ledger writer's
+//! group commit ([`crate::batch`]) and return only after the transaction that journals them has
+//! committed. The per-request functions here are the writer's general path (groups that bill
+//! subscriptions) and its fallback when a batch fails.
 
 use async_trait::async_trait;
 use sub2api_core::domain::{GroupId, UserId};
@@ -50,7 +53,7 @@ use sub2api_core::ledger::{
 use sub2api_core::money::Money;
 use sub2api_core::subscription::{split_charge, split_hold};
 
-use crate::db::{Backend, Pool, Q, Row, Tx, is_unique_violation};
+use crate::db::{Backend, Pool, Q, Row, TxOf, is_unique_violation};
 use crate::subscriptions::{
     active_subscription, group_billing_mode, load_subscription, save_windows,
 };
@@ -117,7 +120,7 @@ macro_rules! in_tx {
 pub(crate) use in_tx;
 
 /// Locks and reads the user's wallet: `(balance, held)`.
-pub(crate) async fn lock_wallet(tx: &mut Tx, user: i64) -> Result<Option<(i64, i64)>, sqlx::Error> {
+pub(crate) async fn lock_wallet(tx: &mut TxOf<'_>, user: i64) -> Result<Option<(i64, i64)>, sqlx::Error> {
     let sql = if tx.is_pg() {
         "SELECT balance, held FROM wallets WHERE user_id = $1 FOR UPDATE"
     } else {
@@ -141,7 +144,7 @@ pub(crate) struct HoldRow {
 }
 
 impl HoldRow {
-    fn from_row(r: &Row) -> Result<HoldRow, sqlx::Error> {
+    pub(crate) fn from_row(r: &Row) -> Result<HoldRow, sqlx::Error> {
         Ok(HoldRow {
             request_id: r.text("request_id")?,
             user_id: r.i64("user_id")?,
@@ -155,8 +158,8 @@ impl HoldRow {
 }
 
 /// Removes the hold of `request_id` (of `user`) and returns it; `None` if there is none.
-async fn take_hold(
-    tx: &mut Tx,
+pub(crate) async fn take_hold(
+    tx: &mut TxOf<'_>,
     request_id: &str,
     user: i64,
 ) -> Result<Option<HoldRow>, sqlx::Error> {
@@ -174,7 +177,7 @@ async fn take_hold(
 }
 
 /// Takes back the subscription part of a hold from its windows.
-async fn unhold_subscription(tx: &mut Tx, hold: &HoldRow) -> Result<(), sqlx::Error> {
+pub(crate) async fn unhold_subscription(tx: &mut TxOf<'_>, hold: &HoldRow) -> Result<(), sqlx::Error> {
     if hold.subscription_amount > 0
         && let Some(sub_id) = hold.subscription_id
         && let Some(mut sub) = load_subscription(tx, sub_id).await?
@@ -189,7 +192,7 @@ async fn unhold_subscription(tx: &mut Tx, hold: &HoldRow) -> Result<(), sqlx::Er
 /// Gives a taken hold back: unholds the subscription part and the wallet part, journals a release.
 /// The caller holds the wallet lock and has already deleted the hold row.
 pub(crate) async fn release_taken_hold(
-    tx: &mut Tx,
+    tx: &mut TxOf<'_>,
     hold: &HoldRow,
     now: i64,
     memo: &str,
@@ -225,7 +228,7 @@ pub(crate) async fn release_taken_hold(
 /// The general hold: subscription headroom first (when the group bills subscriptions), then the
 /// wallet. Decides everything before writing anything.
 pub(crate) async fn reserve_tx(
-    tx: &mut Tx,
+    tx: &mut TxOf<'_>,
     shared: &Shared,
     req: &HoldRequest,
     now: i64,
@@ -398,7 +401,7 @@ async fn pg_reserve_wallet(
 
 /// Settles one charge inside the caller's transaction.
 pub(crate) async fn settle_tx(
-    tx: &mut Tx,
+    tx: &mut TxOf<'_>,
     charge: &Charge,
     now: i64,
 ) -> Result<Result<Settlement, LedgerError>, sqlx::Error> {
@@ -492,7 +495,7 @@ pub(crate) async fn settle_tx(
 
 /// Releases a hold inside the caller's transaction; nothing if it is already settled or released.
 pub(crate) async fn release_tx(
-    tx: &mut Tx,
+    tx: &mut TxOf<'_>,
     request_id: &str,
     user: i64,
     now: i64,
@@ -512,7 +515,7 @@ pub(crate) async fn release_tx(
 
 /// Credits (or debits) inside the caller's transaction; idempotent by (kind, key).
 pub(crate) async fn credit_tx(
-    tx: &mut Tx,
+    tx: &mut TxOf<'_>,
     credit: &Credit,
     now: i64,
 ) -> Result<Result<CreditOutcome, LedgerError>, sqlx::Error> {
@@ -578,60 +581,71 @@ pub(crate) async fn credit_tx(
     }))
 }
 
+/// One hold in its own transaction: the Postgres single-statement path when the group bills
+/// only the wallet, the general path otherwise. The ledger writer's fallback when a batch fails.
+pub(crate) async fn reserve_one(
+    shared: &Shared,
+    req: &HoldRequest,
+    now: i64,
+) -> Result<Hold, LedgerError> {
+    if shared.pool.backend() == Backend::Postgres {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match pg_reserve_wallet(shared, req, now).await {
+                Ok(Some(r)) => return r,
+                Ok(None) => break,
+                Err(e) if attempt < 8 && crate::db::is_transient(&e) => continue,
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+    }
+    let pool: &Pool = &shared.pool;
+    let r = in_tx!(
+        pool,
+        |tx| match reserve_tx(&mut tx, shared, req, now).await {
+            Ok(r) => r,
+            Err(e) if is_unique_violation(&e) =>
+                Err(LedgerError::DuplicateHold(req.request_id.clone())),
+            Err(e) => return Err(e),
+        }
+    );
+    r.map_err(unavailable)?
+}
+
+/// One release in its own transaction (the ledger writer's fallback).
+pub(crate) async fn release_one(shared: &Shared, hold: &Hold, now: i64) -> Result<(), LedgerError> {
+    let pool = &shared.pool;
+    in_tx!(pool, |tx| release_tx(
+        &mut tx,
+        &hold.request_id,
+        hold.user_id.0,
+        now,
+        "released"
+    )
+    .await?)
+    .map(|_| ())
+    .map_err(unavailable)
+}
+
 #[async_trait]
 impl Ledger for SqlStore {
     async fn reserve(&self, req: HoldRequest) -> Result<Hold, LedgerError> {
         if req.amount.is_negative() {
             return Err(invalid("a hold amount is never negative"));
         }
-        let shared = self.shared();
-        let now = shared.clock.now_ms();
-        if shared.pool.backend() == Backend::Postgres {
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                match pg_reserve_wallet(shared, &req, now).await {
-                    Ok(Some(r)) => return r,
-                    Ok(None) => break,
-                    Err(e) if attempt < 8 && crate::db::is_transient(&e) => continue,
-                    Err(e) => return Err(unavailable(e)),
-                }
-            }
-        }
-        let pool: &Pool = &shared.pool;
-        let r = in_tx!(
-            pool,
-            |tx| match reserve_tx(&mut tx, shared, &req, now).await {
-                Ok(r) => r,
-                Err(e) if is_unique_violation(&e) =>
-                    Err(LedgerError::DuplicateHold(req.request_id.clone())),
-                Err(e) => return Err(e),
-            }
-        );
-        r.map_err(unavailable)?
+        self.inner.writer.hold(req).await
     }
 
     async fn settle(&self, charge: Charge) -> Result<Settlement, LedgerError> {
         if charge.amount.is_negative() {
             return Err(invalid("a charge is never negative"));
         }
-        self.inner.settler.settle(charge).await
+        self.inner.writer.settle(charge).await
     }
 
     async fn release(&self, hold: &Hold) -> Result<(), LedgerError> {
-        let shared = self.shared();
-        let now = shared.clock.now_ms();
-        let pool = &shared.pool;
-        in_tx!(pool, |tx| release_tx(
-            &mut tx,
-            &hold.request_id,
-            hold.user_id.0,
-            now,
-            "released"
-        )
-        .await?)
-        .map(|_| ())
-        .map_err(unavailable)
+        self.inner.writer.release(hold.clone()).await
     }
 
     async fn credit(&self, credit: Credit) -> Result<CreditOutcome, LedgerError> {

@@ -19,6 +19,7 @@
 //! ```
 //!
 //! Modules, by domain concept: [`ledger`] (wallets, holds, the journal), [`batch`] (group commit of
+//! holds and
 //! settlements), [`recovery`] (holds of dead requests), [`subscriptions`] (plans and windows),
 //! [`redeem`] (codes), [`orders`] (payment orders), [`directory`] (groups, accounts, users, keys),
 //! [`usage_log`] (batched usage rows), [`crypto`] (credentials at rest).
@@ -56,6 +57,7 @@ pub use crypto::{CryptoError, MasterKey};
 pub use db::Backend;
 pub use ledger::{LedgerMismatch, SubscriptionHoldMismatch};
 pub use orders::{NewOrder, OrderKind, OrderRecord};
+pub use batch::WriterStats;
 pub use recovery::RecoveryReport;
 pub use redeem::{
     GeneratedCodes, RedeemBatch, RedeemCode, RedeemError, RedeemStatus, RedeemValue, Redeemed,
@@ -64,7 +66,7 @@ pub use subscriptions::{
     NewPlan, Plan, PlanId, Subscription, SubscriptionId, SubscriptionUsage, WindowUsage,
 };
 
-use batch::Settler;
+use batch::Writer;
 use db::Pool;
 use usage_log::UsageWriter;
 
@@ -80,7 +82,7 @@ pub struct StoreOptions {
     pub sweep_interval: Option<Duration>,
     /// Connection pool size (SQLite: readers; writes are serialised by the database anyway).
     pub max_connections: u32,
-    /// The most settlements committed in one transaction.
+    /// The most holds, settlements and releases the ledger writer takes into one round.
     pub settle_batch: usize,
     /// The most usage rows written in one transaction.
     pub usage_batch: usize,
@@ -157,11 +159,14 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) instance_id: String,
     pub(crate) hold_ttl_ms: i64,
+    /// On a SQLite file with `synchronous = FULL`, the WAL file: the ledger writer commits with
+    /// `NORMAL` and fsyncs this file itself before answering settlements (see [`crate::batch`]).
+    pub(crate) wal_sync: Option<std::path::PathBuf>,
 }
 
 struct Inner {
     shared: Arc<Shared>,
-    settler: Settler,
+    writer: Writer,
     usage: UsageWriter,
     sweeper: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
@@ -263,7 +268,7 @@ impl SqlStore {
     }
 
     /// Opens `sqlite://path` (creating the file and its folder; WAL, busy timeout, foreign keys)
-    /// or `postgres://…`, applies migrations, and starts the settlement batcher, the usage writer
+    /// or `postgres://…`, applies migrations, and starts the ledger writer, the usage writer
     /// and the hold sweeper. Must be called inside a Tokio runtime.
     pub async fn connect_with(url: &str, opts: StoreOptions) -> Result<SqlStore, ConnectError> {
         let pool = if url.starts_with("sqlite:") {
@@ -272,6 +277,15 @@ impl SqlStore {
             open_pg(url, &opts).await?
         } else {
             return Err(ConnectError::UnsupportedUrl(url.to_owned()));
+        };
+        let wal_sync = match &pool {
+            Pool::Sqlite(_) if opts.sqlite_full_sync && !is_sqlite_memory(url) => {
+                let file = SqliteConnectOptions::from_str(url)?.get_filename().to_owned();
+                let mut wal = file.into_os_string();
+                wal.push("-wal");
+                Some(std::path::PathBuf::from(wal))
+            }
+            _ => None,
         };
         let instance_id = opts
             .instance_id
@@ -283,8 +297,9 @@ impl SqlStore {
             clock: opts.clock.clone(),
             instance_id,
             hold_ttl_ms: i64::try_from(opts.hold_ttl.as_millis()).unwrap_or(i64::MAX),
+            wal_sync,
         });
-        let settler = Settler::spawn(shared.clone(), opts.settle_batch);
+        let writer = Writer::spawn(shared.clone(), opts.settle_batch);
         let usage = UsageWriter::spawn(shared.clone(), opts.usage_batch, opts.usage_queue);
         let sweeper = opts.sweep_interval.map(|every| {
             let shared = shared.clone();
@@ -303,7 +318,7 @@ impl SqlStore {
         Ok(SqlStore {
             inner: Arc::new(Inner {
                 shared,
-                settler,
+                writer,
                 usage,
                 sweeper: Mutex::new(sweeper),
                 closed: AtomicBool::new(false),
@@ -328,9 +343,14 @@ impl SqlStore {
         &self.inner.shared.instance_id
     }
 
+    /// What the ledger writer has done so far (group commit efficiency, failed batches).
+    pub fn writer_stats(&self) -> batch::WriterStats {
+        self.inner.writer.stats()
+    }
+
     /// Waits until every settlement queued so far has committed.
     pub async fn drain_settlements(&self) {
-        self.inner.settler.drain().await
+        self.inner.writer.drain().await
     }
 
     /// Shuts down: waits for queued settlements to commit, flushes the usage log, stops the
@@ -339,7 +359,7 @@ impl SqlStore {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return;
         }
-        self.inner.settler.drain().await;
+        self.inner.writer.close().await;
         if let Err(e) = self.inner.usage.flush().await {
             tracing::error!(error = %e, "usage log flush failed at shutdown");
         }

@@ -19,7 +19,7 @@ use sub2api_core::subscription::{
     BillingMode, DAY_MS, PlanWindows, WindowLength, WindowSpec, WindowState,
 };
 
-use crate::db::{Q, Row, Tx};
+use crate::db::{Q, Row, TxOf};
 use crate::ledger::in_tx;
 use crate::{SqlStore, store_err};
 
@@ -95,7 +95,7 @@ pub(crate) struct BillableSub {
 }
 
 pub(crate) async fn group_billing_mode(
-    tx: &mut Tx,
+    tx: &mut TxOf<'_>,
     group: i64,
 ) -> Result<BillingMode, sqlx::Error> {
     let row = tx
@@ -120,7 +120,7 @@ fn window_spec(r: &Row) -> Result<WindowSpec, sqlx::Error> {
 /// Loads a subscription's windows and state (whatever its dates: a request admitted under it may
 /// settle after it expired).
 pub(crate) async fn load_subscription(
-    tx: &mut Tx,
+    tx: &mut TxOf<'_>,
     id: i64,
 ) -> Result<Option<BillableSub>, sqlx::Error> {
     if tx
@@ -161,7 +161,7 @@ pub(crate) async fn load_subscription(
 
 /// The user's active subscription for a group at `now`: the one expiring first.
 pub(crate) async fn active_subscription(
-    tx: &mut Tx,
+    tx: &mut TxOf<'_>,
     user: i64,
     group: i64,
     now: i64,
@@ -184,7 +184,7 @@ pub(crate) async fn active_subscription(
     }
 }
 
-pub(crate) async fn save_windows(tx: &mut Tx, sub: &BillableSub) -> Result<(), sqlx::Error> {
+pub(crate) async fn save_windows(tx: &mut TxOf<'_>, sub: &BillableSub) -> Result<(), sqlx::Error> {
     for (idx, s) in sub.states.iter().enumerate() {
         tx.exec(
             Q::new(
@@ -221,7 +221,7 @@ const SUB_COLUMNS: &str = "id, user_id, plan_id, group_id, starts_at, expires_at
 /// Gives a user `days` of a plan: extends the user's latest unexpired subscription of that plan,
 /// or starts a new one now. Used by redeem codes and plan purchases.
 pub(crate) async fn grant_plan_tx(
-    tx: &mut Tx,
+    tx: &mut TxOf<'_>,
     user: i64,
     plan: i64,
     days: i64,
@@ -274,7 +274,7 @@ pub(crate) async fn grant_plan_tx(
 }
 
 async fn insert_subscription(
-    tx: &mut Tx,
+    tx: &mut TxOf<'_>,
     user: i64,
     plan: i64,
     group: i64,

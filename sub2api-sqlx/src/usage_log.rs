@@ -19,7 +19,7 @@ use sub2api_core::money::Money;
 use sub2api_core::store::{StoreError, UsageLog, UsageQuery};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::db::{Q, Row};
+use crate::db::{Arg, Q, Row, Stmt};
 use crate::{Shared, SqlStore, store_err};
 
 const COLUMNS: &str = "request_id, user_id, key_id, group_id, account_id, model, input_tokens, output_tokens, \
@@ -129,42 +129,38 @@ fn tokens(v: u64) -> i64 {
 async fn write_batch(shared: &Shared, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
     let mut tx = shared.pool.begin().await?;
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut sql = format!("INSERT INTO usage_log ({COLUMNS}) VALUES ");
-        for i in 0..chunk.len() {
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push('(');
-            for c in 0..NCOLS {
+        let mut st = Stmt::new(tx.is_pg(), &format!("INSERT INTO usage_log ({COLUMNS}) VALUES "));
+        for (i, r) in chunk.iter().enumerate() {
+            st.sql(if i == 0 { "(" } else { ", (" });
+            let values: [Arg; NCOLS] = [
+                r.request_id.as_str().into(),
+                r.user_id.0.into(),
+                r.key_id.0.into(),
+                r.group_id.0.into(),
+                r.account_id.map(|a| a.0).into(),
+                r.model.as_str().into(),
+                tokens(r.usage.input_tokens).into(),
+                tokens(r.usage.output_tokens).into(),
+                tokens(r.usage.cache_creation_5m_tokens).into(),
+                tokens(r.usage.cache_creation_1h_tokens).into(),
+                tokens(r.usage.cache_read_tokens).into(),
+                tokens(r.usage.web_search_requests).into(),
+                r.cost.nanos().into(),
+                r.stream.into(),
+                ending_str(r.ending).into(),
+                i64::try_from(r.duration_ms).unwrap_or(i64::MAX).into(),
+                r.created_at.into(),
+            ];
+            for (c, v) in values.into_iter().enumerate() {
                 if c > 0 {
-                    sql.push(',');
+                    st.sql(", ");
                 }
-                sql.push_str(&format!("${}", i * NCOLS + c + 1));
+                st.arg(v);
             }
-            sql.push(')');
+            st.sql(")");
         }
-        sql.push_str(" ON CONFLICT (request_id) DO NOTHING");
-        let mut q = Q::built(sql);
-        for r in chunk {
-            q = q
-                .bind(&r.request_id)
-                .bind(r.user_id.0)
-                .bind(r.key_id.0)
-                .bind(r.group_id.0)
-                .bind(r.account_id.map(|a| a.0))
-                .bind(&r.model)
-                .bind(tokens(r.usage.input_tokens))
-                .bind(tokens(r.usage.output_tokens))
-                .bind(tokens(r.usage.cache_creation_5m_tokens))
-                .bind(tokens(r.usage.cache_creation_1h_tokens))
-                .bind(tokens(r.usage.cache_read_tokens))
-                .bind(tokens(r.usage.web_search_requests))
-                .bind(r.cost.nanos())
-                .bind(r.stream)
-                .bind(ending_str(r.ending))
-                .bind(i64::try_from(r.duration_ms).unwrap_or(i64::MAX))
-                .bind(r.created_at);
-        }
+        st.sql(" ON CONFLICT (request_id) DO NOTHING");
+        let q = st.q();
         tx.exec(q).await?;
     }
     tx.commit().await

@@ -430,3 +430,87 @@ async fn usage_query_filters(db: &TestDb) {
     store.close().await;
 }
 both!(usage_query_filters, super::usage_query_filters);
+
+async fn user_limits_reach_the_principal(db: &TestDb) {
+    use sub2api_core::api::AdminStore;
+    use sub2api_core::api::store::{NewUser, UserPatch};
+    use sub2api_core::domain::Limits;
+    let store = db.open().await;
+    let g = group(&store, "default").await;
+    let (u, _) = store.ensure_user("limited@example.com").await.unwrap();
+    assert_eq!(u.limits, Limits::default(), "no limits until set");
+    store
+        .ensure_key(NewKey {
+            user_id: u.id,
+            group_id: g,
+            name: "k".into(),
+            key: Secret::new("sk-limited"),
+            limits: KeyLimits {
+                concurrency: Some(9),
+                rpm: None,
+            },
+        })
+        .await
+        .unwrap();
+    let limits = Limits {
+        concurrency: Some(2),
+        rpm: Some(30),
+    };
+    store.set_user_limits(u.id, &limits).await.unwrap();
+    let p = store
+        .principal(&KeyHash::of("sk-limited"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.user_limits, limits);
+    assert_eq!(p.limits.concurrency, Some(9), "the key keeps its own");
+    assert_eq!(
+        store
+            .user_by_email("limited@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .limits,
+        limits
+    );
+    // Through the admin store: created with limits, patched, cleared.
+    let r = store
+        .create_user(NewUser {
+            email: "made@example.com".into(),
+            password_hash: None,
+            is_admin: false,
+            limits: Limits {
+                concurrency: None,
+                rpm: Some(5),
+            },
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.limits.rpm, Some(5));
+    let r = store
+        .update_user(
+            u.id,
+            UserPatch {
+                limits: Some(Limits::default()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.limits, Limits::default());
+    let p = store
+        .principal(&KeyHash::of("sk-limited"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(p.user_limits.is_unlimited());
+    assert!(matches!(
+        store.set_user_limits(UserId(9999), &limits).await,
+        Err(StoreError::NotFound(_))
+    ));
+    store.close().await;
+}
+both!(
+    user_limits_reach_the_principal,
+    super::user_limits_reach_the_principal
+);

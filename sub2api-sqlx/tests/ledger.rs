@@ -220,6 +220,12 @@ async fn concurrent_holds_from_two_pools_never_overdraw(db: &TestDb) {
         Money::from_nanos(usd("4").nanos() - charged.nanos())
     );
     assert_books_balance(&b).await;
+    // Everything went through group commit (no batch fell back to one transaction per item),
+    // and batches did hold several requests each.
+    let (sa, sb) = (a.writer_stats(), b.writer_stats());
+    assert_eq!((sa.fallbacks, sb.fallbacks), (0, 0));
+    assert_eq!(sa.items + sb.items, 200 + 57);
+    assert!(sa.transactions + sb.transactions < sa.items + sb.items);
     a.close().await;
     b.close().await;
 }
@@ -328,6 +334,7 @@ async fn settle_is_idempotent_and_exact(db: &TestDb) {
             .is_err()
     );
     assert_books_balance(&store).await;
+    assert_eq!(store.writer_stats().fallbacks, 0);
     store.close().await;
 }
 both!(
@@ -541,6 +548,7 @@ async fn books_balance_after_a_random_workload(db: &TestDb) {
         assert_eq!(a.balance(u).await.unwrap().held, Money::ZERO);
     }
     assert_books_balance(&b).await;
+    assert_eq!((a.writer_stats().fallbacks, b.writer_stats().fallbacks), (0, 0));
     a.close().await;
     b.close().await;
 }

@@ -1910,3 +1910,62 @@ async fn the_cli_creates_users_keys_and_accounts_through_the_same_rules() {
     let _ = std::fs::remove_dir_all(dir);
     let _ = Adapter::Axum;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_limits_set_over_the_api_bind_all_of_their_keys_on_the_relay_path() {
+    for &setup in SETUPS {
+        let h = ApiHarness::start(setup).await;
+        let (uid, token) = h.user_session("gina@example.com", "10.00").await;
+        let mut keys = Vec::new();
+        for _ in 0..2 {
+            let k = h
+                .user_ok(&token, "POST", "/api/v1/keys", json!({"group": "default"}))
+                .await;
+            keys.push(k["key"].as_str().unwrap().to_owned());
+        }
+        let u = h
+            .admin_ok(
+                "PATCH",
+                &format!("/api/v1/admin/users/{uid}"),
+                json!({"rpm": 2, "concurrency": 3}),
+            )
+            .await;
+        assert_eq!(
+            (u["rpm"].as_u64(), u["concurrency"].as_u64()),
+            (Some(2), Some(3))
+        );
+        // Two requests a minute over both keys together: the third is refused, whichever key.
+        // (In process, the user's minute starts with their first request.)
+        for key in &keys {
+            let (status, v) = h.messages(key, &body("claude-haiku-4-5", 16, false)).await;
+            assert_eq!(status, 200, "{setup:?}: {v}");
+        }
+        let (status, v) = h
+            .messages(&keys[0], &body("claude-haiku-4-5", 16, true))
+            .await;
+        assert_eq!(status, 429, "{setup:?}: {v}");
+        assert_eq!(v["error"]["type"], "rate_limit_error", "{setup:?}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("user"));
+        // `null` removes a limit; the relay obeys at once (the key cache was emptied).
+        let u = h
+            .admin_ok(
+                "PATCH",
+                &format!("/api/v1/admin/users/{uid}"),
+                json!({"rpm": null}),
+            )
+            .await;
+        assert_eq!(
+            (u["rpm"].as_u64(), u["concurrency"].as_u64()),
+            (None, Some(3))
+        );
+        let (status, v) = h
+            .messages(&keys[1], &body("claude-haiku-4-5", 16, false))
+            .await;
+        assert_eq!(status, 200, "{setup:?}: {v}");
+        let u = h
+            .admin_ok("GET", &format!("/api/v1/admin/users/{uid}"), Value::Null)
+            .await;
+        assert_eq!(u["concurrency"].as_u64(), Some(3));
+        h.stop().await;
+    }
+}

@@ -169,6 +169,49 @@ async fn two_relays_booted_with_redis_share_sessions_and_one_balance() {
         Money::usd(10).checked_sub(sum).unwrap(),
         a.balance().await.total
     );
+
+    // An operator disabling the key through node A's admin API is obeyed by node B at once
+    // (node B cached the key when it served it).
+    let (tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    b.booted
+        .cluster
+        .as_ref()
+        .unwrap()
+        .hub
+        .on_key_invalidation(move |i| {
+            let _ = tx.send(i);
+        });
+    let (status, keys) = a
+        .booted
+        .api
+        .admin_call(
+            http::Method::GET,
+            "/api/v1/admin/keys",
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{keys}");
+    let id = keys["items"][0]["id"].as_i64().unwrap();
+    let (status, v) = a
+        .booted
+        .api
+        .admin_call(
+            http::Method::POST,
+            &format!("/api/v1/admin/keys/{id}/disable"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    tokio::time::timeout(std::time::Duration::from_secs(5), heard.recv())
+        .await
+        .expect("node B hears of the change")
+        .unwrap();
+    assert_eq!(
+        b.messages(&body("claude-haiku-4-5", 16, false))
+            .await
+            .status(),
+        401
+    );
     b.stop().await;
     a.stop().await;
 }

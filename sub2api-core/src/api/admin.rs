@@ -15,7 +15,7 @@ use super::{AdminStore, ApiError, Ctx, Reply, Req, auth, views};
 use crate::account_provider::{AccountStatus, now_ms};
 use crate::domain::{
     Account, AccountId, AccountKind, AccountOptions, Credentials, GroupId, IpNet, KeyId, KeyLimits,
-    KeyRules, Platform, Secret, UserId,
+    KeyRules, Limits, Platform, Secret, UserId,
 };
 use crate::ledger::{Balance, Credit, EntryKind, LedgerError};
 use crate::money::Money;
@@ -826,7 +826,7 @@ pub(crate) async fn update_group(ctx: Ctx, req: Req) -> Result<Reply, ApiError> 
             })
             .await?;
     }
-    ctx.api.keys_changed();
+    ctx.api.keys_changed().await;
     group_reply(&ctx, id).await
 }
 
@@ -837,7 +837,7 @@ pub(crate) async fn delete_group(ctx: Ctx, req: Req) -> Result<Reply, ApiError> 
         .await?
         .ok_or_else(|| ApiError::not_found(format!("group {id}")))?;
     ctx.store().delete_group(id).await?;
-    ctx.api.keys_changed();
+    ctx.api.keys_changed().await;
     reload_pool(&ctx).await;
     Ok(Reply::ok(json!({"ok": true})))
 }
@@ -863,7 +863,7 @@ async fn user_rate(ctx: Ctx, req: Req, set: bool) -> Result<Reply, ApiError> {
         None
     };
     ctx.store().set_user_rate(id, user, rate).await?;
-    ctx.api.keys_changed();
+    ctx.api.keys_changed().await;
     group_reply(&ctx, id).await
 }
 
@@ -989,6 +989,10 @@ pub(crate) async fn create_user(ctx: Ctx, req: Req) -> Result<Reply, ApiError> {
             email,
             password_hash,
             is_admin: b.bool("is_admin").unwrap_or(false),
+            limits: Limits {
+                concurrency: b.u32("concurrency"),
+                rpm: b.u32("rpm"),
+            },
         })
         .await
         .map_err(|e| match e {
@@ -1014,8 +1018,26 @@ pub(crate) async fn get_user(ctx: Ctx, req: Req) -> Result<Reply, ApiError> {
     user_reply(&ctx, UserId(req.id("id")?)).await
 }
 
+/// The limits after a patch: a field given sets it, `null` removes it, absent keeps it; `None`
+/// when the body names neither.
+fn limits_patch(b: &Values, current: &Limits) -> Option<Limits> {
+    let field = |name: &str, now: Option<u32>| {
+        if b.is_null(name) {
+            None
+        } else {
+            b.u32(name).or(now)
+        }
+    };
+    let named = |name: &str| b.has(name) || b.is_null(name);
+    (named("concurrency") || named("rpm")).then(|| Limits {
+        concurrency: field("concurrency", current.concurrency),
+        rpm: field("rpm", current.rpm),
+    })
+}
+
 async fn patch_user(ctx: &Ctx, id: UserId, b: &Values) -> Result<Reply, ApiError> {
-    ctx.store()
+    let current = ctx
+        .store()
         .user_record(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("user {id}")))?;
@@ -1028,6 +1050,7 @@ async fn patch_user(ctx: &Ctx, id: UserId, b: &Values) -> Result<Reply, ApiError
         None => None,
     };
     let ends_sessions = password_hash.is_some() || b.bool("enabled") == Some(false);
+    let limits = limits_patch(b, &current.limits);
     ctx.store()
         .update_user(
             id,
@@ -1035,13 +1058,14 @@ async fn patch_user(ctx: &Ctx, id: UserId, b: &Values) -> Result<Reply, ApiError
                 enabled: b.bool("enabled"),
                 is_admin: b.bool("is_admin"),
                 password_hash,
+                limits,
             },
         )
         .await?;
     if ends_sessions {
         ctx.store().delete_sessions_of(id).await?;
     }
-    ctx.api.keys_changed();
+    ctx.api.keys_changed().await;
     user_reply(ctx, id).await
 }
 
@@ -1164,10 +1188,7 @@ pub(crate) async fn update_key(ctx: Ctx, req: Req) -> Result<Reply, ApiError> {
     } else {
         future_time(b, "expires_at")?.map(Some)
     };
-    let limits = (b.has("concurrency") || b.has("rpm")).then(|| KeyLimits {
-        concurrency: b.u32("concurrency").or(key.limits.concurrency),
-        rpm: b.u32("rpm").or(key.limits.rpm),
-    });
+    let limits = limits_patch(b, &key.limits);
     let patch = KeyPatch {
         name: b.str("name"),
         enabled: b.bool("enabled"),
@@ -1177,14 +1198,14 @@ pub(crate) async fn update_key(ctx: Ctx, req: Req) -> Result<Reply, ApiError> {
         ip_allowlist: parse_allowlist(b)?,
     };
     let key = ctx.store().update_key(key.id, patch).await?;
-    ctx.api.keys_changed();
+    ctx.api.keys_changed().await;
     key_reply(&ctx, &key).await
 }
 
 async fn set_key_enabled(ctx: Ctx, req: Req, enabled: bool) -> Result<Reply, ApiError> {
     let key = find_key(&ctx, req.id("id")?).await?;
     ctx.store().set_key_enabled(key.id, enabled).await?;
-    ctx.api.keys_changed();
+    ctx.api.keys_changed().await;
     let key = find_key(&ctx, key.id.0).await?;
     key_reply(&ctx, &key).await
 }

@@ -79,6 +79,7 @@ fn user_record(u: &User, ext: Option<&UserExt>) -> UserRecord {
         enabled: u.enabled,
         is_admin: ext.is_admin,
         created_at_ms: ext.created_at_ms,
+        limits: u.limits.clone(),
     }
 }
 
@@ -132,6 +133,7 @@ impl AdminStore for MemoryDirectory {
             id: UserId(s.users.iter().map(|u| u.id.0).max().unwrap_or(0) + 1),
             email: user.email,
             enabled: true,
+            limits: user.limits,
         };
         s.users.push(u.clone());
         let ext = UserExt {
@@ -197,6 +199,9 @@ impl AdminStore for MemoryDirectory {
             .ok_or_else(|| StoreError::NotFound(format!("user {id}")))?;
         if let Some(e) = patch.enabled {
             u.enabled = e;
+        }
+        if let Some(l) = patch.limits {
+            u.limits = l;
         }
         let u = u.clone();
         let ext = s.api.users.entry(id).or_default();

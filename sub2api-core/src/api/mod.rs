@@ -397,6 +397,19 @@ pub struct ApiParts {
     pub accounts: Option<Arc<dyn AccountProvider>>,
     /// The relay's price table, viewable and replaceable at run time.
     pub pricing: Option<Arc<LiveMeter>>,
+    /// Told after keys, users or groups changed, beyond this relay's own key cache: a cluster
+    /// tells its other nodes to drop their cached keys, so a disabled key stops working
+    /// everywhere at once instead of after the cache TTL.
+    pub on_keys_changed: Option<Arc<dyn KeysChanged>>,
+}
+
+/// Hears that API keys may have changed (disabled, limits, rules, owner, group); see
+/// [`ApiParts::on_keys_changed`].
+#[async_trait::async_trait]
+pub trait KeysChanged: Send + Sync + 'static {
+    /// Called after the change is stored. Failures are the implementation's to log: the change
+    /// is made, and every cache expires it by its TTL anyway.
+    async fn keys_changed(&self);
 }
 
 impl ApiParts {
@@ -413,6 +426,7 @@ impl ApiParts {
             pool: None,
             accounts: None,
             pricing: None,
+            on_keys_changed: None,
         }
     }
 
@@ -427,6 +441,7 @@ impl ApiParts {
             pool: None,
             accounts: Some(p.accounts.clone()),
             pricing: None,
+            on_keys_changed: None,
         }
     }
 }
@@ -552,10 +567,14 @@ impl Api {
         &self.inner.http
     }
 
-    /// Forgets cached API keys after keys, users or groups changed.
-    pub(crate) fn keys_changed(&self) {
+    /// Forgets cached API keys after keys, users or groups changed, here and (through
+    /// [`ApiParts::on_keys_changed`]) wherever else they are cached.
+    pub(crate) async fn keys_changed(&self) {
         if let Some(c) = &self.inner.parts.key_cache {
             c.clear();
+        }
+        if let Some(hook) = &self.inner.parts.on_keys_changed {
+            hook.keys_changed().await;
         }
     }
 

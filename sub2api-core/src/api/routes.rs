@@ -98,6 +98,23 @@ const PAGE: [Field; 2] = [
     opt("offset", OFFSET, "rows to skip"),
 ];
 
+const USER_CONCURRENCY: Field = opt(
+    "concurrency",
+    Ty::Int {
+        min: 1,
+        max: 10_000,
+    },
+    "requests in flight at once over all of the user's keys (null: unlimited)",
+);
+const USER_RPM: Field = opt(
+    "rpm",
+    Ty::Int {
+        min: 1,
+        max: 1_000_000,
+    },
+    "requests per minute over all of the user's keys (null: unlimited)",
+);
+
 const KEY_FIELDS_USER: &[Field] = &[
     req("group", STR, "name of the group (pool) the key draws on"),
     opt("name", STR, "a label"),
@@ -853,6 +870,8 @@ fn core_routes() -> Vec<ApiRoute> {
                 "opening balance, credited through the ledger"
             ),
             opt("is_admin", Ty::Bool, "may use the admin API with a session"),
+            USER_CONCURRENCY,
+            USER_RPM,
         ])
         .returns(views::user_schema)
         .created(),
@@ -885,6 +904,8 @@ fn core_routes() -> Vec<ApiRoute> {
                 "a disabled user's keys and sessions stop working"
             ),
             opt("is_admin", Ty::Bool, "may use the admin API with a session"),
+            USER_CONCURRENCY,
+            USER_RPM,
         ])
         .returns(views::user_schema),
         route(

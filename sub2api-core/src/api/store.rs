@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    AccountId, AccountOptions, Credentials, Group, GroupId, KeyId, KeyLimits, KeyRules, Platform,
-    Secret, UserId,
+    AccountId, AccountOptions, Credentials, Group, GroupId, KeyId, KeyLimits, KeyRules, Limits,
+    Platform, Secret, UserId,
 };
 use crate::ledger::Ledger;
 use crate::money::{Money, Multiplier};
@@ -26,6 +26,9 @@ pub struct UserRecord {
     pub enabled: bool,
     pub is_admin: bool,
     pub created_at_ms: i64,
+    /// Concurrency and RPM over all of the user's keys.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 #[derive(Clone, Debug)]
@@ -34,6 +37,7 @@ pub struct NewUser {
     /// An argon2 PHC string; `None` = the user cannot log in (keys only).
     pub password_hash: Option<String>,
     pub is_admin: bool,
+    pub limits: Limits,
 }
 
 /// Fields to change; `None` leaves a field as it is.
@@ -42,6 +46,8 @@ pub struct UserPatch {
     pub enabled: Option<bool>,
     pub is_admin: Option<bool>,
     pub password_hash: Option<String>,
+    /// The user's limits, replaced whole.
+    pub limits: Option<Limits>,
 }
 
 /// An API key as the API shows it: never its secret, only a hint (`sk-ab12…9f3c`).

@@ -50,6 +50,7 @@ pub(crate) async fn register(ctx: Ctx, req: Req) -> Result<Reply, ApiError> {
             email,
             password_hash: Some(hash),
             is_admin: false,
+            limits: Default::default(),
         })
         .await
         .map_err(|e| match e {
@@ -258,7 +259,7 @@ pub(crate) async fn get_key(ctx: Ctx, req: Req) -> Result<Reply, ApiError> {
 pub(crate) async fn disable_key(ctx: Ctx, req: Req) -> Result<Reply, ApiError> {
     let key = my_key(&ctx, &req).await?;
     ctx.store().set_key_enabled(key.id, false).await?;
-    ctx.api.keys_changed();
+    ctx.api.keys_changed().await;
     let key = ctx
         .store()
         .key_record(key.id)

@@ -12,7 +12,7 @@ pub use account::{
     pattern_matches,
 };
 pub use group::Group;
-pub use principal::{ApiKey, IpNet, KeyHash, KeyLimits, KeyRules, Principal, User};
+pub use principal::{ApiKey, IpNet, KeyHash, KeyLimits, KeyRules, Limits, Principal, User};
 pub use secret::Secret;
 pub use usage::{Usage, UsageRecord};
 

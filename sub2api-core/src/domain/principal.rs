@@ -11,6 +11,10 @@ pub struct User {
     pub id: UserId,
     pub email: String,
     pub enabled: bool,
+    /// Concurrency and RPM over all of the user's keys together, on top of each key's own: a
+    /// user cannot multiply their share of the pool by creating more keys.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// The SHA-256 of a relay API key. Keys are random and long, so a fast hash is enough and lets
@@ -34,14 +38,24 @@ impl std::fmt::Debug for KeyHash {
     }
 }
 
-/// Per-key limits enforced on the relay path.
+/// Rate limits of one scope (a key, or a user across all their keys), enforced on the relay path.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyLimits {
+pub struct Limits {
     /// Requests in flight at once; `None` = unlimited.
     pub concurrency: Option<u32>,
     /// Requests per minute; `None` = unlimited.
     pub rpm: Option<u32>,
 }
+
+impl Limits {
+    /// Whether nothing is limited (the limiter then has nothing to do for this scope).
+    pub fn is_unlimited(&self) -> bool {
+        self.concurrency.is_none() && self.rpm.is_none()
+    }
+}
+
+/// The limits of one key (the name the key APIs have always used).
+pub type KeyLimits = Limits;
 
 /// A relay API key (without its secret).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,7 +74,10 @@ pub struct Principal {
     pub user: UserId,
     pub key: KeyId,
     pub group: Arc<Group>,
+    /// The key's own limits.
     pub limits: KeyLimits,
+    /// The owner's limits, shared by all of their keys (and, with Redis, by every node).
+    pub user_limits: Limits,
     /// Quota, expiry and IP allowlist of the key, enforced on the relay path.
     pub rules: KeyRules,
 }

@@ -6,7 +6,8 @@
 //! | [`error_render`] | renders any [`RelayError`](crate::error::RelayError) in the caller's dialect |
 //! | [`auth`] | API key -> [`Principal`](crate::domain::Principal) (cached, hashed lookup) |
 //! | [`parse`] | bounded body; model, stream, session, cost estimate -> [`RelayRequest`](crate::request::RelayRequest) |
-//! | [`limit`] | per-key concurrency (waiting queue) and RPM |
+//! | [`stream_wait`] | opt-in: SSE pings to an Anthropic stream while it waits |
+//! | [`limit`] | per-key and per-user concurrency (waiting queue) and RPM |
 //! | [`reserve`] | holds the worst-case cost before anything goes upstream |
 //! | [`meter`] | meters the response as it streams and settles exactly once |
 //! | [`failover`] | classifies upstream failures; another account before the first byte |
@@ -24,6 +25,7 @@ pub mod parse;
 pub mod request_id;
 pub mod reserve;
 pub mod schedule;
+pub mod stream_wait;
 pub mod upstream;
 
 /// Swaps a ready clone of `inner` out of `&mut self`, the tower idiom for moving a service into

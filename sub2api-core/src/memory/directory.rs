@@ -201,6 +201,7 @@ impl Directory for MemoryDirectory {
             id: UserId(next_id(s.users.len())),
             email: email.to_owned(),
             enabled: true,
+            limits: Default::default(),
         };
         s.users.push(user.clone());
         Ok((user, true))
@@ -219,6 +220,21 @@ impl Directory for MemoryDirectory {
 
     async fn users(&self) -> Result<Vec<User>, StoreError> {
         Ok(self.state.lock().unwrap().users.clone())
+    }
+
+    async fn set_user_limits(
+        &self,
+        user: UserId,
+        limits: &crate::domain::Limits,
+    ) -> Result<(), StoreError> {
+        let mut s = self.state.lock().unwrap();
+        let u = s
+            .users
+            .iter_mut()
+            .find(|u| u.id == user)
+            .ok_or_else(|| StoreError::NotFound(format!("user {user}")))?;
+        u.limits = limits.clone();
+        Ok(())
     }
 
     async fn ensure_key(&self, k: NewKey) -> Result<ApiKey, StoreError> {
@@ -267,9 +283,9 @@ impl Directory for MemoryDirectory {
         let Some(k) = s.keys.get(key).filter(|k| k.enabled) else {
             return Ok(None);
         };
-        if !s.users.iter().any(|u| u.id == k.user_id && u.enabled) {
+        let Some(user) = s.users.iter().find(|u| u.id == k.user_id && u.enabled) else {
             return Ok(None);
-        }
+        };
         let Some(group) = s.groups.iter().find(|g| g.id == k.group_id) else {
             return Ok(None);
         };
@@ -279,6 +295,7 @@ impl Directory for MemoryDirectory {
             key: k.id,
             group: Arc::new(group),
             limits: k.limits.clone(),
+            user_limits: user.limits.clone(),
             rules,
         }))
     }

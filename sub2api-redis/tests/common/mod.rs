@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sub2api_axum::mock::MockVendor;
+use sub2api_core::api::{Api, ApiConfig, ApiParts};
 use sub2api_core::config::{Config, apply_seed};
 use sub2api_core::domain::{Account, AccountId};
 use sub2api_core::memory::{MemoryAccountProvider, SchedulerConfig};
@@ -98,6 +99,16 @@ pub type AccountSpec = (&'static str, i32, u32);
 
 /// The seed file: one group, the accounts pointed at the mock, one user with `balance_usd`, one key.
 pub fn seed(vendor_url: &str, accounts: &[AccountSpec], balance_usd: &str) -> Config {
+    seed_with_user(vendor_url, accounts, balance_usd, "")
+}
+
+/// [`seed`] with more TOML lines for the user (e.g. `concurrency = 2`).
+pub fn seed_with_user(
+    vendor_url: &str,
+    accounts: &[AccountSpec],
+    balance_usd: &str,
+    user_lines: &str,
+) -> Config {
     let mut toml = String::from("[[groups]]\nname = \"default\"\nplatform = \"anthropic\"\n\n");
     for (name, priority, concurrency) in accounts {
         toml.push_str(&format!(
@@ -106,7 +117,7 @@ pub fn seed(vendor_url: &str, accounts: &[AccountSpec], balance_usd: &str) -> Co
         ));
     }
     toml.push_str(&format!(
-        "[[users]]\nemail = \"{USER}\"\nbalance_usd = \"{balance_usd}\"\n\n[[keys]]\nuser = \"{USER}\"\ngroup = \"default\"\nkey = \"{KEY}\"\nname = \"test\"\n"
+        "[[users]]\nemail = \"{USER}\"\nbalance_usd = \"{balance_usd}\"\n{user_lines}\n\n[[keys]]\nuser = \"{USER}\"\ngroup = \"default\"\nkey = \"{KEY}\"\nname = \"test\"\n"
     ));
     toml::from_str(&toml).expect("seed parses")
 }
@@ -128,9 +139,11 @@ pub async fn seed_schema(db_url: &str, config: &Config) {
     store.close().await;
 }
 
-/// A relay process: its own SQL pool, Redis hub, relay and HTTP server.
+/// A relay process: its own SQL pool, Redis hub, relay and HTTP server, and the admin API over
+/// the same store (called in process), wired to announce key changes to the other nodes.
 pub struct Node {
     pub relay: Relay,
+    pub api: Api,
     pub cluster: RedisCluster,
     pub store: SqlStore,
     pub base: String,
@@ -161,6 +174,7 @@ impl Node {
             usage_log: Arc::new(store.clone()),
             prices,
             meter,
+            limiter: Some(Arc::new(cluster.limiter())),
         };
         let relay = Relay::new(parts, RelayConfig::default());
         let cache = relay.key_cache().clone();
@@ -168,6 +182,9 @@ impl Node {
             sub2api_redis::KeyInvalidation::Key(h) => cache.invalidate(&h),
             sub2api_redis::KeyInvalidation::All => cache.clear(),
         });
+        let mut api_parts = ApiParts::for_relay(&relay, Arc::new(store.clone()));
+        api_parts.on_keys_changed = Some(cluster.hub.clone());
+        let api = Api::new(api_parts, ApiConfig::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let router = sub2api_axum::router(&relay);
@@ -182,6 +199,7 @@ impl Node {
         });
         Node {
             relay,
+            api,
             cluster,
             store,
             base: format!("http://{addr}"),

@@ -37,6 +37,8 @@ pub fn config(platform: Platform, accounts: Vec<AccountSeed>, balance: Money) ->
             email: USER.into(),
             balance_usd: balance,
             password: None,
+            concurrency: None,
+            rpm: None,
         }],
         keys: vec![KeySeed {
             user: USER.into(),

@@ -1,0 +1,5 @@
+-- Per-user limits over all of a user's keys (on top of each key's own): requests in flight at once
+-- and requests per minute. NULL = unlimited.
+
+ALTER TABLE users ADD COLUMN concurrency BIGINT;
+ALTER TABLE users ADD COLUMN rpm BIGINT;
