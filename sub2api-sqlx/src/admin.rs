@@ -1069,11 +1069,19 @@ impl KeyQuotas for SqlStore {
             }
         })
         .map_err(store_err)
+        .inspect(|r| {
+            if *r == QuotaHold::Held {
+                self.remember_quota_hold(request_id);
+            }
+        })
     }
 
     async fn settle_quota(&self, request_id: &str, charged: Money) -> Result<(), StoreError> {
+        // Most requests have no quota hold, and this process knows which ones do.
+        if !self.forget_quota_hold(request_id) {
+            return Ok(());
+        }
         let pool = &self.shared().pool;
-        // Most requests have no quota hold: a read finds that without taking the write lock.
         if pool
             .opt(
                 Q::new("SELECT key_id FROM key_quota_holds WHERE request_id = $1").bind(request_id),
@@ -1104,6 +1112,9 @@ impl KeyQuotas for SqlStore {
     }
 
     async fn release_quota(&self, request_id: &str) -> Result<(), StoreError> {
+        if !self.forget_quota_hold(request_id) {
+            return Ok(());
+        }
         let pool = &self.shared().pool;
         if pool
             .opt(

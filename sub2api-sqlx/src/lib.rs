@@ -170,6 +170,11 @@ struct Inner {
     usage: UsageWriter,
     sweeper: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
+    /// Request ids this process holds key quota for. Settling and releasing quota is asked for on
+    /// every request; the request that took a quota hold is always settled by the process that
+    /// took it (a dead process's quota holds expire), so a miss here saves a database round trip
+    /// per request for the keys that have no quota.
+    pub(crate) quota_holds: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Drop for Inner {
@@ -322,8 +327,26 @@ impl SqlStore {
                 usage,
                 sweeper: Mutex::new(sweeper),
                 closed: AtomicBool::new(false),
+                quota_holds: Mutex::default(),
             }),
         })
+    }
+
+    /// Whether this process took a key quota hold for `request_id` (and forgets it).
+    pub(crate) fn forget_quota_hold(&self, request_id: &str) -> bool {
+        self.inner
+            .quota_holds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(request_id)
+    }
+
+    pub(crate) fn remember_quota_hold(&self, request_id: &str) {
+        self.inner
+            .quota_holds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(request_id.to_owned());
     }
 
     pub(crate) fn shared(&self) -> &Shared {
