@@ -140,7 +140,17 @@ pub async fn boot_with(config: Config, master: Option<MasterKey>) -> Result<Boot
             Some(k) => k,
             None => master_key(&data_dir(&url))?,
         };
-        let store = SqlStore::connect_with(&url, StoreOptions::new(key))
+        let mut opts = StoreOptions::new(key);
+        opts.sqlite_full_sync = match config.sqlite_synchronous.as_deref() {
+            None | Some("full") | Some("FULL") => true,
+            Some("normal") | Some("NORMAL") => false,
+            Some(other) => {
+                return Err(BootError::Database(format!(
+                    "sqlite_synchronous is \"full\" or \"normal\", not {other:?}"
+                )));
+            }
+        };
+        let store = SqlStore::connect_with(&url, opts)
             .await
             .map_err(|e| BootError::Database(e.to_string()))?;
         let recovered = store

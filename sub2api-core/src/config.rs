@@ -24,6 +24,11 @@ pub struct Config {
     pub listen: Option<String>,
     /// `sqlite://...` or `postgres://...`; `SUB2API_DATABASE_URL` overrides.
     pub database_url: Option<String>,
+    /// SQLite only: `"full"` (the default) makes every settlement survive power loss before the
+    /// client hears of it; `"normal"` survives a crash of the relay process (kill -9) but not of
+    /// the machine, and saves an fsync per group of settlements. `SUB2API_SQLITE_SYNCHRONOUS`
+    /// overrides.
+    pub sqlite_synchronous: Option<String>,
     /// Enables the shared Redis scheduler; `SUB2API_REDIS_URL` overrides.
     pub redis_url: Option<String>,
     /// The admin API key (`Authorization: Bearer` on `/api/v1/admin/`); `SUB2API_ADMIN_KEY`
@@ -343,6 +348,9 @@ impl Config {
         }
         if let Some(v) = var("SUB2API_REDIS_URL") {
             self.redis_url = Some(v);
+        }
+        if let Some(v) = var("SUB2API_SQLITE_SYNCHRONOUS") {
+            self.sqlite_synchronous = Some(v);
         }
         if let Some(v) = var("SUB2API_ADMIN_KEY") {
             self.admin_key = Some(v);

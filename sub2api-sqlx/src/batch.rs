@@ -43,6 +43,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use sub2api_core::domain::UsageRecord;
 use sub2api_core::ledger::{Charge, Hold, HoldRequest, LedgerError, Settlement};
 use sub2api_core::money::Money;
 use sub2api_core::subscription::{BillingMode, split_charge};
@@ -51,8 +52,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::Shared;
 use crate::db::{Conn, Stmt, TxOf};
 use crate::ledger::{
-    in_tx, release_one, release_taken_hold, reserve_one, reserve_tx, settle_tx, take_hold,
-    unavailable, unhold_subscription,
+    HoldRow, in_tx, release_one, release_taken_hold, reserve_one, reserve_tx, settle_tx,
+    take_hold, unavailable, unhold_subscription,
 };
 
 type HoldReply = oneshot::Sender<Result<Hold, LedgerError>>;
@@ -67,7 +68,12 @@ enum Msg {
     Barrier(oneshot::Sender<()>),
     /// Like a barrier, then the writer closes its connection and stops.
     Close(oneshot::Sender<()>),
+    /// Usage log rows (see [`crate::usage_log`]); answered with the rows back on failure so the
+    /// usage writer can retry them.
+    Usage(Vec<UsageRecord>, UsageReply),
 }
+
+type UsageReply = oneshot::Sender<(Result<(), sqlx::Error>, Vec<UsageRecord>)>;
 
 /// Rows per multi-row INSERT (at most 10 parameters each: well below both databases' limits).
 const ROWS_PER_STATEMENT: usize = 500;
@@ -100,6 +106,7 @@ impl Counters {
 }
 
 /// The queue in front of the ledger writer.
+#[derive(Clone)]
 pub(crate) struct Writer {
     tx: mpsc::Sender<Msg>,
     counters: Arc<Counters>,
@@ -109,7 +116,24 @@ impl Writer {
     pub(crate) fn spawn(shared: Arc<Shared>, max_batch: usize) -> Writer {
         let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
         let counters = Arc::new(Counters::default());
-        tokio::spawn(run(shared, rx, max_batch.max(1), counters.clone()));
+        let work = run(shared.clone(), rx, max_batch.max(1), counters.clone());
+        if shared.pin_writer {
+            // On a SQLite file the writer gets a thread of its own: each of its awaits (a hop to
+            // the connection's worker thread) would otherwise wait behind every request task on
+            // the relay's runtime before it resumes, and the writer's rounds are what every
+            // request waits for. Its connection is SQLite's, so no I/O driver ties it to a
+            // runtime.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the ledger writer");
+            std::thread::Builder::new()
+                .name("sub2api-ledger".into())
+                .spawn(move || rt.block_on(work))
+                .expect("a thread for the ledger writer");
+        } else {
+            tokio::spawn(work);
+        }
         Writer { tx, counters }
     }
 
@@ -149,6 +173,22 @@ impl Writer {
         self.ask(|r| Msg::Release(hold, r)).await
     }
 
+    /// Writes usage rows in a transaction of their own on the writer's connection; on failure the
+    /// rows come back with the error.
+    pub(crate) async fn usage(
+        &self,
+        rows: Vec<UsageRecord>,
+    ) -> (Result<(), sqlx::Error>, Vec<UsageRecord>) {
+        let (reply, rx) = oneshot::channel();
+        if let Err(mpsc::error::SendError(Msg::Usage(rows, _))) =
+            self.tx.send(Msg::Usage(rows, reply)).await
+        {
+            return (Err(sqlx::Error::PoolClosed), rows);
+        }
+        rx.await
+            .unwrap_or_else(|_| (Err(sqlx::Error::PoolClosed), Vec::new()))
+    }
+
     /// Waits until every write queued so far has committed.
     pub(crate) async fn drain(&self) {
         let (reply, rx) = oneshot::channel();
@@ -175,15 +215,19 @@ struct Link {
 
 impl Link {
     async fn begin<'a>(&'a mut self, shared: &Shared) -> Result<TxOf<'a>, sqlx::Error> {
-        if shared.wal_sync.is_none() {
+        if !shared.pin_writer {
             return shared.pool.begin().await;
         }
         if self.conn.is_none() {
             let mut conn = shared.pool.detach().await?;
             conn.exec("PRAGMA synchronous = NORMAL").await?;
+            // Checkpoints run in the background (see `checkpoint`), not inside this connection's
+            // commits, where every waiting request would sit through them.
+            conn.exec("PRAGMA wal_autocheckpoint = 0").await?;
+            conn.exec("PRAGMA cache_size = -65536").await?;
             self.conn = Some(conn);
         }
-        self.conn.as_mut().expect("just set").begin().await
+        self.conn.as_mut().expect("just set").begin_raw().await
     }
 
     /// After a failed transaction: start from a fresh connection next time.
@@ -220,6 +264,7 @@ async fn run(
         let mut settles = Vec::new();
         let mut barriers = Vec::new();
         let mut close = None;
+        let mut usage = Vec::new();
         for m in msgs.drain(..) {
             match m {
                 Msg::Hold(h, r) => holds.push((h, r)),
@@ -227,14 +272,24 @@ async fn run(
                 Msg::Release(h, r) => releases.push((h, r)),
                 Msg::Barrier(b) => barriers.push(b),
                 Msg::Close(b) => close = Some(b),
+                Msg::Usage(rows, r) => usage.push((rows, r)),
             }
         }
-        // Holds first: they are cheap to commit and their requests are waiting to go upstream.
-        if !holds.is_empty() || !releases.is_empty() {
-            hold_round(&shared, &mut link, &counters, holds, releases).await;
-        }
-        if !settles.is_empty() {
-            settle_round(&shared, &mut link, &counters, syncer.as_ref(), settles).await;
+        if !holds.is_empty() || !releases.is_empty() || !settles.is_empty() || !usage.is_empty()
+        {
+            round(
+                &shared,
+                &mut link,
+                &counters,
+                syncer.as_ref(),
+                Round {
+                    holds,
+                    releases,
+                    settles,
+                    usage,
+                },
+            )
+            .await;
         }
         for b in barriers {
             match &syncer {
@@ -268,172 +323,6 @@ fn sorted_unique(ids: impl Iterator<Item = i64>) -> Vec<i64> {
     v.sort_unstable();
     v.dedup();
     v
-}
-
-/// The billing modes of `groups` (a group that does not exist bills the wallet, as
-/// [`crate::subscriptions::group_billing_mode`] does).
-async fn billing_modes(
-    tx: &mut TxOf<'_>,
-    groups: &[i64],
-) -> Result<HashMap<i64, BillingMode>, sqlx::Error> {
-    let mut st = Stmt::new(tx.is_pg(), "SELECT id, billing_mode FROM groups WHERE id IN ");
-    st.list(groups.iter().copied());
-    let mut out = HashMap::with_capacity(groups.len());
-    for r in tx.all(st.q()).await? {
-        out.insert(
-            r.i64("id")?,
-            r.text("billing_mode")?.parse().unwrap_or_default(),
-        );
-    }
-    Ok(out)
-}
-
-/// Reads (and on Postgres locks, in user id order) the wallets of `users`: `(balance, held)`.
-async fn lock_wallets(
-    tx: &mut TxOf<'_>,
-    users: &[i64],
-) -> Result<HashMap<i64, (i64, i64)>, sqlx::Error> {
-    let mut st = Stmt::new(tx.is_pg(), "SELECT user_id, balance, held FROM wallets WHERE user_id IN ");
-    st.list(users.iter().copied()).sql(" ORDER BY user_id");
-    if tx.is_pg() {
-        st.sql(" FOR UPDATE");
-    }
-    let mut out = HashMap::with_capacity(users.len());
-    for r in tx.all(st.q()).await? {
-        out.insert(r.i64("user_id")?, (r.i64("balance")?, r.i64("held")?));
-    }
-    Ok(out)
-}
-
-/// The journal refs of `kind` among `refs` that already exist, with their amounts.
-async fn existing_refs(
-    tx: &mut TxOf<'_>,
-    kind: &'static str,
-    refs: &[&str],
-) -> Result<HashMap<String, i64>, sqlx::Error> {
-    let mut st = Stmt::new(tx.is_pg(), "SELECT ref, amount FROM ledger_entries WHERE kind = ");
-    st.arg(kind).sql(" AND ref IN ").list(refs.iter().copied());
-    let mut out = HashMap::new();
-    for r in tx.all(st.q()).await? {
-        out.insert(r.text("ref")?, r.i64("amount")?);
-    }
-    Ok(out)
-}
-
-/// Applies per-user `(balance, held)` deltas in one statement.
-async fn update_wallets(
-    tx: &mut TxOf<'_>,
-    deltas: &HashMap<i64, (i64, i64)>,
-    now: i64,
-) -> Result<(), sqlx::Error> {
-    let changed: Vec<(i64, i64, i64)> = {
-        let mut v: Vec<_> = deltas
-            .iter()
-            .filter(|(_, d)| **d != (0, 0))
-            .map(|(u, (b, h))| (*u, *b, *h))
-            .collect();
-        v.sort_unstable();
-        v
-    };
-    if changed.is_empty() {
-        return Ok(());
-    }
-    let mut st = Stmt::new(tx.is_pg(), "UPDATE wallets SET balance = balance + CASE user_id");
-    for (u, b, _) in &changed {
-        st.sql(" WHEN ").arg(*u).sql(" THEN ").arg(*b);
-    }
-    st.sql(" ELSE 0 END, held = held + CASE user_id");
-    for (u, _, h) in &changed {
-        st.sql(" WHEN ").arg(*u).sql(" THEN ").arg(*h);
-    }
-    st.sql(" ELSE 0 END, updated_at = ")
-        .arg(now)
-        .sql(" WHERE user_id IN ")
-        .list(changed.iter().map(|c| c.0));
-    tx.exec(st.q()).await?;
-    Ok(())
-}
-
-/// One journal row of a batch.
-struct Entry {
-    user_id: i64,
-    kind: &'static str,
-    request_id: String,
-    amount: i64,
-    balance_delta: i64,
-    held_delta: i64,
-    balance_after: Option<i64>,
-    group_id: i64,
-}
-
-async fn insert_entries(tx: &mut TxOf<'_>, entries: &[Entry], now: i64) -> Result<(), sqlx::Error> {
-    for chunk in entries.chunks(ROWS_PER_STATEMENT) {
-        let mut st = Stmt::new(
-            tx.is_pg(),
-            "INSERT INTO ledger_entries (user_id, kind, ref, amount, balance_delta, held_delta, \
-             balance_after, group_id, subscription_amount, memo, created_at) VALUES ",
-        );
-        for (i, e) in chunk.iter().enumerate() {
-            st.sql(if i == 0 { "(" } else { ", (" })
-                .arg(e.user_id)
-                .sql(", ")
-                .arg(e.kind)
-                .sql(", ")
-                .arg(e.request_id.as_str())
-                .sql(", ")
-                .arg(e.amount)
-                .sql(", ")
-                .arg(e.balance_delta)
-                .sql(", ")
-                .arg(e.held_delta)
-                .sql(", ")
-                .arg(e.balance_after)
-                .sql(", ")
-                .arg(e.group_id)
-                .sql(", 0, '', ")
-                .arg(now)
-                .sql(")");
-        }
-        tx.exec(st.q()).await?;
-    }
-    Ok(())
-}
-
-async fn insert_holds(
-    tx: &mut TxOf<'_>,
-    shared: &Shared,
-    holds: &[&HoldRequest],
-    now: i64,
-) -> Result<(), sqlx::Error> {
-    let expires = now.saturating_add(shared.hold_ttl_ms);
-    for chunk in holds.chunks(ROWS_PER_STATEMENT) {
-        let mut st = Stmt::new(
-            tx.is_pg(),
-            "INSERT INTO holds (request_id, user_id, group_id, amount, wallet_amount, \
-             subscription_amount, instance_id, created_at, expires_at) VALUES ",
-        );
-        for (i, h) in chunk.iter().enumerate() {
-            st.sql(if i == 0 { "(" } else { ", (" })
-                .arg(h.request_id.as_str())
-                .sql(", ")
-                .arg(h.user_id.0)
-                .sql(", ")
-                .arg(h.group_id.0)
-                .sql(", ")
-                .arg(h.amount.nanos())
-                .sql(", ")
-                .arg(h.amount.nanos())
-                .sql(", 0, ")
-                .arg(shared.instance_id.as_str())
-                .sql(", ")
-                .arg(now)
-                .sql(", ")
-                .arg(expires)
-                .sql(")");
-        }
-        tx.exec(st.q()).await?;
-    }
-    Ok(())
 }
 
 /// Makes committed settlements durable off the writer's path: fsyncs the WAL file (once for
@@ -500,177 +389,308 @@ impl Syncer {
     }
 }
 
-type HoldResults = (Vec<Result<Hold, LedgerError>>, Vec<Result<(), LedgerError>>);
+/// Applies per-user `(balance, held)` deltas in one statement.
+fn update_wallets(pg: bool, deltas: &HashMap<i64, (i64, i64)>, now: i64) -> Option<Stmt> {
+    let mut changed: Vec<(i64, i64, i64)> = deltas
+        .iter()
+        .filter(|(_, d)| **d != (0, 0))
+        .map(|(u, (b, h))| (*u, *b, *h))
+        .collect();
+    if changed.is_empty() {
+        return None;
+    }
+    changed.sort_unstable();
+    let mut st = Stmt::new(pg, "UPDATE wallets SET balance = balance + CASE user_id");
+    for (u, b, _) in &changed {
+        st.sql(" WHEN ").arg(*u).sql(" THEN ").arg(*b);
+    }
+    st.sql(" ELSE 0 END, held = held + CASE user_id");
+    for (u, _, h) in &changed {
+        st.sql(" WHEN ").arg(*u).sql(" THEN ").arg(*h);
+    }
+    st.sql(" ELSE 0 END, updated_at = ")
+        .arg(now)
+        .sql(" WHERE user_id IN ")
+        .list(changed.iter().map(|c| c.0));
+    Some(st)
+}
 
-async fn hold_round(
+/// One journal row of a batch.
+struct Entry {
+    user_id: i64,
+    kind: &'static str,
+    request_id: String,
+    amount: i64,
+    balance_delta: i64,
+    held_delta: i64,
+    balance_after: Option<i64>,
+    group_id: i64,
+}
+
+fn insert_entries(pg: bool, entries: &[Entry], now: i64) -> Vec<Stmt> {
+    entries
+        .chunks(ROWS_PER_STATEMENT)
+        .map(|chunk| {
+            let mut st = Stmt::new(
+                pg,
+                "INSERT INTO ledger_entries (user_id, kind, ref, amount, balance_delta, held_delta, \
+                 balance_after, group_id, subscription_amount, memo, created_at) VALUES ",
+            );
+            for (i, e) in chunk.iter().enumerate() {
+                st.sql(if i == 0 { "(" } else { ", (" })
+                    .arg(e.user_id)
+                    .sql(", ")
+                    .arg(e.kind)
+                    .sql(", ")
+                    .arg(e.request_id.as_str())
+                    .sql(", ")
+                    .arg(e.amount)
+                    .sql(", ")
+                    .arg(e.balance_delta)
+                    .sql(", ")
+                    .arg(e.held_delta)
+                    .sql(", ")
+                    .arg(e.balance_after)
+                    .sql(", ")
+                    .arg(e.group_id)
+                    .sql(", 0, '', ")
+                    .arg(now)
+                    .sql(")");
+            }
+            st
+        })
+        .collect()
+}
+
+fn insert_holds(pg: bool, shared: &Shared, holds: &[&HoldRequest], now: i64) -> Vec<Stmt> {
+    let expires = now.saturating_add(shared.hold_ttl_ms);
+    holds
+        .chunks(ROWS_PER_STATEMENT)
+        .map(|chunk| {
+            let mut st = Stmt::new(
+                pg,
+                "INSERT INTO holds (request_id, user_id, group_id, amount, wallet_amount, \
+                 subscription_amount, instance_id, created_at, expires_at) VALUES ",
+            );
+            for (i, h) in chunk.iter().enumerate() {
+                st.sql(if i == 0 { "(" } else { ", (" })
+                    .arg(h.request_id.as_str())
+                    .sql(", ")
+                    .arg(h.user_id.0)
+                    .sql(", ")
+                    .arg(h.group_id.0)
+                    .sql(", ")
+                    .arg(h.amount.nanos())
+                    .sql(", ")
+                    .arg(h.amount.nanos())
+                    .sql(", 0, ")
+                    .arg(shared.instance_id.as_str())
+                    .sql(", ")
+                    .arg(now)
+                    .sql(", ")
+                    .arg(expires)
+                    .sql(")");
+            }
+            st
+        })
+        .collect()
+}
+
+/// What a round reads before deciding: wallets, billing modes, journal refs that already exist,
+/// and the open holds of the requests settling.
+#[derive(Default)]
+struct Snapshot {
+    wallets: HashMap<i64, (i64, i64)>,
+    modes: HashMap<i64, BillingMode>,
+    held_refs: HashSet<String>,
+    settled_refs: HashMap<String, i64>,
+    holds: HashMap<String, HoldRow>,
+}
+
+/// Reads a [`Snapshot`] in one round trip (two on Postgres, where the wallets are locked `FOR
+/// UPDATE`, which a `UNION` cannot carry). Every part is one `SELECT` of a `UNION ALL` with the
+/// same columns: `t` names the part.
+async fn snapshot(
+    tx: &mut TxOf<'_>,
+    users: &[i64],
+    groups: &[i64],
+    hold_refs: &[&str],
+    settle_refs: &[(&str, i64)],
+) -> Result<Snapshot, sqlx::Error> {
+    let pg = tx.is_pg();
+    let mut snap = Snapshot::default();
+    const COLS: &str = "CAST(NULL AS TEXT) AS k, CAST(NULL AS BIGINT) AS a, \
+        CAST(NULL AS BIGINT) AS b, CAST(NULL AS BIGINT) AS c, CAST(NULL AS BIGINT) AS d, \
+        CAST(NULL AS BIGINT) AS e, CAST(NULL AS BIGINT) AS f";
+    let mut parts: Vec<Stmt> = Vec::new();
+    if !users.is_empty() {
+        let mut st = Stmt::new(
+            pg,
+            "SELECT 'w' AS t, CAST(NULL AS TEXT) AS k, user_id AS a, balance AS b, held AS c, \
+             CAST(NULL AS BIGINT) AS d, CAST(NULL AS BIGINT) AS e, CAST(NULL AS BIGINT) AS f \
+             FROM wallets WHERE user_id IN ",
+        );
+        st.list(users.iter().copied());
+        if pg {
+            st.sql(" ORDER BY user_id FOR UPDATE");
+            for r in tx.all(st.q()).await? {
+                snap.wallets
+                    .insert(r.i64("a")?, (r.i64("b")?, r.i64("c")?));
+            }
+        } else {
+            parts.push(st);
+        }
+    }
+    if !groups.is_empty() {
+        let mut st = Stmt::new(
+            pg,
+            "SELECT 'g', billing_mode, id, NULL, NULL, NULL, NULL, NULL FROM groups WHERE id IN ",
+        );
+        st.list(groups.iter().copied());
+        parts.push(st);
+    }
+    if !hold_refs.is_empty() {
+        let mut st = Stmt::new(
+            pg,
+            "SELECT 'h', ref, NULL, NULL, NULL, NULL, NULL, NULL FROM ledger_entries \
+             WHERE kind = 'hold' AND ref IN ",
+        );
+        st.list(hold_refs.iter().copied());
+        parts.push(st);
+    }
+    if !settle_refs.is_empty() {
+        let mut st = Stmt::new(
+            pg,
+            "SELECT 's', ref, amount, NULL, NULL, NULL, NULL, NULL FROM ledger_entries \
+             WHERE kind = 'settle' AND ref IN ",
+        );
+        st.list(settle_refs.iter().map(|(r, _)| *r));
+        parts.push(st);
+        let mut st = Stmt::new(
+            pg,
+            "SELECT 'x', request_id, user_id, group_id, amount, wallet_amount, subscription_id, \
+             subscription_amount FROM holds WHERE (request_id, user_id) IN (VALUES ",
+        );
+        for (i, (r, u)) in settle_refs.iter().enumerate() {
+            st.sql(if i == 0 { "(" } else { ", (" })
+                .arg(*r)
+                .sql(", ")
+                .arg(*u)
+                .sql(")");
+        }
+        st.sql(")");
+        parts.push(st);
+    }
+    if parts.is_empty() {
+        return Ok(snap);
+    }
+    // The first part names and types the columns (Postgres takes a UNION's types from it).
+    let mut q = Stmt::new(
+        pg,
+        &format!("SELECT CAST('-' AS TEXT) AS t, {COLS} WHERE 1 = 0"),
+    );
+    for p in parts {
+        q.sql(" UNION ALL ").append(p);
+    }
+    for r in tx.all(q.q()).await? {
+        match r.text("t")?.as_str() {
+            "w" => {
+                snap.wallets
+                    .insert(r.i64("a")?, (r.i64("b")?, r.i64("c")?));
+            }
+            "g" => {
+                snap.modes
+                    .insert(r.i64("a")?, r.text("k")?.parse().unwrap_or_default());
+            }
+            "h" => {
+                snap.held_refs.insert(r.text("k")?);
+            }
+            "s" => {
+                snap.settled_refs.insert(r.text("k")?, r.i64("a")?);
+            }
+            _ => {
+                let h = HoldRow {
+                    request_id: r.text("k")?,
+                    user_id: r.i64("a")?,
+                    group_id: r.i64("b")?,
+                    amount: r.i64("c")?,
+                    wallet_amount: r.i64("d")?,
+                    subscription_id: r.opt_i64("e")?,
+                    subscription_amount: r.i64("f")?,
+                };
+                snap.holds.insert(h.request_id.clone(), h);
+            }
+        }
+    }
+    Ok(snap)
+}
+
+type RoundResults = (
+    Vec<Result<Hold, LedgerError>>,
+    Vec<Result<(), LedgerError>>,
+    Vec<Result<Settlement, LedgerError>>,
+);
+
+/// Everything one round commits together.
+struct Round {
+    holds: Vec<(HoldRequest, HoldReply)>,
+    releases: Vec<(Hold, ReleaseReply)>,
+    settles: Vec<(Charge, SettleReply)>,
+    /// Usage log rows ride along (see [`crate::usage_log`]): one transaction, one round trip.
+    usage: Vec<(Vec<UsageRecord>, UsageReply)>,
+}
+
+async fn round(
     shared: &Shared,
     link: &mut Link,
     counters: &Counters,
-    mut holds: Vec<(HoldRequest, HoldReply)>,
-    releases: Vec<(Hold, ReleaseReply)>,
+    syncer: Option<&Syncer>,
+    Round {
+        holds,
+        releases,
+        mut settles,
+        usage,
+    }: Round,
 ) {
-    // Arrival order decides who gets the last of a balance; keep it.
+    // Per-request paths lock wallets one by one; sorting keeps every batch's lock order the same.
+    settles.sort_by(|a, b| (a.0.user_id, &a.0.request_id).cmp(&(b.0.user_id, &b.0.request_id)));
     let now = shared.clock.now_ms();
     let reqs: Vec<&HoldRequest> = holds.iter().map(|(h, _)| h).collect();
     let rels: Vec<&Hold> = releases.iter().map(|(h, _)| h).collect();
-    let r: Result<HoldResults, sqlx::Error> = async {
+    let charges: Vec<&Charge> = settles.iter().map(|(c, _)| c).collect();
+    let r: Result<RoundResults, sqlx::Error> = async {
         let mut tx = link.begin(shared).await?;
-        let out = hold_batch(&mut tx, shared, &reqs, &rels, now).await?;
-        tx.commit().await?;
+        let (out, mut writes) = apply(&mut tx, shared, &reqs, &rels, &charges, now).await?;
+        for (rows, _) in &usage {
+            writes.extend(crate::usage_log::insert_stmts(tx.is_pg(), rows));
+        }
+        let writes = if tx.is_pg() {
+            // One statement per message on Postgres.
+            let last = writes.pop();
+            for st in writes {
+                tx.exec(st.q()).await?;
+            }
+            last
+        } else {
+            Stmt::join(writes)
+        };
+        tx.exec_commit(writes.map(Stmt::q)).await?;
         Ok(out)
     }
     .await;
     match r {
-        Ok((hr, rr)) => {
-            counters.committed(hr.len() + rr.len());
-            for ((_, reply), r) in holds.drain(..).zip(hr) {
+        Ok((hr, rr, sr)) => {
+            counters.committed(hr.len() + rr.len() + sr.len());
+            for (_, reply) in usage {
+                let _ = reply.send((Ok(()), Vec::new()));
+            }
+            for ((_, reply), r) in holds.into_iter().zip(hr) {
                 let _ = reply.send(r);
             }
             for ((_, reply), r) in releases.into_iter().zip(rr) {
                 let _ = reply.send(r);
             }
-        }
-        Err(e) => {
-            link.reset();
-            counters.fallbacks.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, holds = holds.len(), releases = releases.len(),
-                "hold batch failed; applying one by one");
-            for (req, reply) in holds {
-                let _ = reply.send(reserve_one(shared, &req, now).await);
-            }
-            for (hold, reply) in releases {
-                let _ = reply.send(release_one(shared, &hold, now).await);
-            }
-        }
-    }
-}
-
-async fn hold_batch(
-    tx: &mut TxOf<'_>,
-    shared: &Shared,
-    holds: &[&HoldRequest],
-    releases: &[&Hold],
-    now: i64,
-) -> Result<HoldResults, sqlx::Error> {
-    let modes = if holds.is_empty() {
-        HashMap::new()
-    } else {
-        billing_modes(tx, &sorted_unique(holds.iter().map(|h| h.group_id.0))).await?
-    };
-    let mode_of = |g: i64| modes.get(&g).copied().unwrap_or_default();
-    let general = |h: &HoldRequest| mode_of(h.group_id.0).uses_subscription();
-    let users = sorted_unique(
-        holds
-            .iter()
-            .map(|h| h.user_id.0)
-            .chain(releases.iter().map(|h| h.user_id.0)),
-    );
-    let any_general = !releases.is_empty() || holds.iter().any(|h| general(h));
-    if any_general && tx.is_pg() {
-        // Lock every wallet of the batch in one order before the per-request paths lock theirs.
-        lock_wallets(tx, &users).await?;
-    }
-
-    let mut release_results = Vec::with_capacity(releases.len());
-    for h in releases {
-        release_results.push(match take_hold(tx, &h.request_id, h.user_id.0).await? {
-            Some(row) => release_taken_hold(tx, &row, now, "released").await.map(|_| Ok(())),
-            None => Ok(Ok(())),
-        }?);
-    }
-    let mut results: Vec<Option<Result<Hold, LedgerError>>> = vec![None; holds.len()];
-    for (i, h) in holds.iter().enumerate() {
-        if general(h) {
-            results[i] = Some(reserve_tx(tx, shared, h, now).await?);
-        }
-    }
-
-    let fast: Vec<usize> = (0..holds.len()).filter(|i| results[*i].is_none()).collect();
-    if !fast.is_empty() {
-        let fast_users = sorted_unique(fast.iter().map(|i| holds[*i].user_id.0));
-        let mut wallets = lock_wallets(tx, &fast_users).await?;
-        let refs: Vec<&str> = fast.iter().map(|i| holds[*i].request_id.as_str()).collect();
-        let mut seen: HashSet<String> = existing_refs(tx, "hold", &refs)
-            .await?
-            .into_keys()
-            .collect();
-        let mut deltas: HashMap<i64, (i64, i64)> = HashMap::new();
-        let mut entries = Vec::new();
-        let mut taken: Vec<&HoldRequest> = Vec::new();
-        for i in fast {
-            let h = holds[i];
-            let user = h.user_id.0;
-            let r = if !seen.insert(h.request_id.clone()) {
-                Err(LedgerError::DuplicateHold(h.request_id.clone()))
-            } else if let Some((balance, held)) = wallets.get_mut(&user) {
-                let amount = h.amount.nanos();
-                let available = *balance - *held;
-                if available >= amount {
-                    *held += amount;
-                    deltas.entry(user).or_default().1 += amount;
-                    entries.push(Entry {
-                        user_id: user,
-                        kind: "hold",
-                        request_id: h.request_id.clone(),
-                        amount,
-                        balance_delta: 0,
-                        held_delta: amount,
-                        balance_after: None,
-                        group_id: h.group_id.0,
-                    });
-                    taken.push(h);
-                    Ok(Hold {
-                        request_id: h.request_id.clone(),
-                        user_id: h.user_id,
-                        group_id: h.group_id,
-                        amount: h.amount,
-                    })
-                } else {
-                    Err(LedgerError::InsufficientBalance {
-                        available: Money::from_nanos(available.max(0)),
-                        required: h.amount,
-                    })
-                }
-            } else {
-                Err(LedgerError::UnknownUser(h.user_id))
-            };
-            results[i] = Some(r);
-        }
-        update_wallets(tx, &deltas, now).await?;
-        insert_holds(tx, shared, &taken, now).await?;
-        insert_entries(tx, &entries, now).await?;
-    }
-    Ok((
-        results
-            .into_iter()
-            .map(|r| r.expect("every hold decided"))
-            .collect(),
-        release_results,
-    ))
-}
-
-async fn settle_round(
-    shared: &Shared,
-    link: &mut Link,
-    counters: &Counters,
-    syncer: Option<&Syncer>,
-    mut jobs: Vec<(Charge, SettleReply)>,
-) {
-    // Per-request paths lock wallets one by one; sorting keeps every batch's lock order the same.
-    jobs.sort_by(|a, b| (a.0.user_id, &a.0.request_id).cmp(&(b.0.user_id, &b.0.request_id)));
-    let now = shared.clock.now_ms();
-    let charges: Vec<&Charge> = jobs.iter().map(|(c, _)| c).collect();
-    let r: Result<Vec<_>, sqlx::Error> = async {
-        let mut tx = link.begin(shared).await?;
-        let out = settle_batch(&mut tx, &charges, now).await?;
-        tx.commit().await?;
-        Ok(out)
-    }
-    .await;
-    match r {
-        Ok(results) => {
-            counters.committed(results.len());
-            let answers = jobs.into_iter().map(|(_, reply)| reply).zip(results);
+            let answers = settles.into_iter().map(|(_, reply)| reply).zip(sr);
             match syncer {
                 Some(s) => s.settled(answers.collect()).await,
                 None => {
@@ -683,9 +703,15 @@ async fn settle_round(
         Err(e) => {
             link.reset();
             counters.fallbacks.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, size = jobs.len(), "settlement batch failed; settling one by one");
+            tracing::warn!(error = %e, holds = holds.len(), releases = releases.len(),
+                settlements = settles.len(), "ledger batch failed; applying one by one");
+            // The usage writer retries its rows on its own.
+            for (rows, reply) in usage {
+                let _ = reply.send((Err(sqlx::Error::Protocol(e.to_string())), rows));
+            }
+            // Settlements first: they never wait for money, and they free some.
             let pool = &shared.pool;
-            for (charge, reply) in jobs {
+            for (charge, reply) in settles {
                 let r = in_tx!(pool, |tx| settle_tx(&mut tx, &charge, now).await?);
                 let r = r.map_err(unavailable).and_then(|r| r);
                 if let Err(e) = &r {
@@ -693,103 +719,131 @@ async fn settle_round(
                 }
                 let _ = reply.send(r);
             }
+            for (hold, reply) in releases {
+                let _ = reply.send(release_one(shared, &hold, now).await);
+            }
+            for (req, reply) in holds {
+                let _ = reply.send(reserve_one(shared, &req, now).await);
+            }
         }
     }
 }
 
-async fn settle_batch(
+/// One round in the caller's transaction: settlements, then releases, then holds (so money a
+/// round frees is available to the holds of the same round).
+/// Returns the results and the writes that make them so; the caller runs the writes and commits.
+async fn apply(
     tx: &mut TxOf<'_>,
+    shared: &Shared,
+    holds: &[&HoldRequest],
+    releases: &[&Hold],
     charges: &[&Charge],
     now: i64,
-) -> Result<Vec<Result<Settlement, LedgerError>>, sqlx::Error> {
-    let modes = billing_modes(tx, &sorted_unique(charges.iter().map(|c| c.group_id.0))).await?;
-    let mode_of = |g: i64| modes.get(&g).copied().unwrap_or_default();
-    let general = |c: &Charge| mode_of(c.group_id.0).uses_subscription();
-    if tx.is_pg() && charges.iter().any(|c| general(c)) {
-        lock_wallets(tx, &sorted_unique(charges.iter().map(|c| c.user_id.0))).await?;
-    }
-    let mut results: Vec<Option<Result<Settlement, LedgerError>>> = vec![None; charges.len()];
-    for (i, c) in charges.iter().enumerate() {
-        if general(c) {
-            results[i] = Some(settle_tx(tx, c, now).await?);
-        }
-    }
-    let fast: Vec<usize> = (0..charges.len())
-        .filter(|i| results[*i].is_none())
-        .collect();
-    if fast.is_empty() {
-        return Ok(results.into_iter().map(|r| r.expect("decided")).collect());
-    }
-
-    let users = sorted_unique(fast.iter().map(|i| charges[*i].user_id.0));
-    let mut wallets = lock_wallets(tx, &users).await?;
-    let refs: Vec<&str> = fast
+) -> Result<(RoundResults, Vec<Stmt>), sqlx::Error> {
+    let pg = tx.is_pg();
+    let users = sorted_unique(
+        holds
+            .iter()
+            .map(|h| h.user_id.0)
+            .chain(releases.iter().map(|h| h.user_id.0))
+            .chain(charges.iter().map(|c| c.user_id.0)),
+    );
+    let groups = sorted_unique(
+        holds
+            .iter()
+            .map(|h| h.group_id.0)
+            .chain(charges.iter().map(|c| c.group_id.0)),
+    );
+    let hold_refs: Vec<&str> = holds.iter().map(|h| h.request_id.as_str()).collect();
+    let settle_refs: Vec<(&str, i64)> = charges
         .iter()
-        .map(|i| charges[*i].request_id.as_str())
+        .map(|c| (c.request_id.as_str(), c.user_id.0))
         .collect();
-    let mut settled = existing_refs(tx, "settle", &refs).await?;
+    let mut snap = snapshot(tx, &users, &groups, &hold_refs, &settle_refs).await?;
+    let mode_of = |modes: &HashMap<i64, BillingMode>, g: i64| modes.get(&g).copied().unwrap_or_default();
 
-    // Take the holds of the charges settling now (not of replays), matched by request and user.
-    let fresh: Vec<usize> = {
-        let mut seen = HashSet::new();
-        fast.iter()
-            .copied()
-            .filter(|i| {
-                let id = charges[*i].request_id.as_str();
-                !settled.contains_key(id) && seen.insert(id)
-            })
-            .collect()
-    };
-    let mut taken: HashMap<String, crate::ledger::HoldRow> = HashMap::new();
-    if !fresh.is_empty() {
-        let mut st = Stmt::new(tx.is_pg(), "DELETE FROM holds WHERE (request_id, user_id) IN (VALUES ");
-        for (n, i) in fresh.iter().enumerate() {
-            st.sql(if n == 0 { "(" } else { ", (" })
-                .arg(charges[*i].request_id.as_str())
-                .sql(", ")
-                .arg(charges[*i].user_id.0)
-                .sql(")");
-        }
-        st.sql(
-            ") RETURNING request_id, user_id, group_id, amount, wallet_amount, subscription_id, \
-             subscription_amount",
-        );
-        let q = st.q();
-        for r in tx.all(q).await? {
-            let h = crate::ledger::HoldRow::from_row(&r)?;
-            taken.insert(h.request_id.clone(), h);
-        }
-        for h in taken.values() {
-            // The group stopped billing subscriptions while this request ran: give the
-            // subscription part back (the wallet pays the whole charge, as the mode now says).
-            if h.subscription_amount > 0 {
-                unhold_subscription(tx, h).await?;
+    // The general paths (groups that bill subscriptions, releases) read and write for themselves;
+    // they run first, and the snapshot is read again after them.
+    let general_settle: Vec<bool> = charges
+        .iter()
+        .map(|c| mode_of(&snap.modes, c.group_id.0).uses_subscription())
+        .collect();
+    let general_hold: Vec<bool> = holds
+        .iter()
+        .map(|h| mode_of(&snap.modes, h.group_id.0).uses_subscription())
+        .collect();
+    let mut settle_results: Vec<Option<Result<Settlement, LedgerError>>> =
+        vec![None; charges.len()];
+    let mut hold_results: Vec<Option<Result<Hold, LedgerError>>> = vec![None; holds.len()];
+    let mut release_results = Vec::with_capacity(releases.len());
+    if !releases.is_empty() || general_settle.contains(&true) || general_hold.contains(&true) {
+        for (i, c) in charges.iter().enumerate() {
+            if general_settle[i] {
+                settle_results[i] = Some(settle_tx(tx, c, now).await?);
             }
         }
+        for h in releases {
+            release_results.push(match take_hold(tx, &h.request_id, h.user_id.0).await? {
+                Some(row) => {
+                    release_taken_hold(tx, &row, now, "released").await?;
+                    Ok(())
+                }
+                None => Ok(()),
+            });
+        }
+        for (i, h) in holds.iter().enumerate() {
+            if general_hold[i] {
+                hold_results[i] = Some(reserve_tx(tx, shared, h, now).await?);
+            }
+        }
+        let fast_refs: Vec<(&str, i64)> = charges
+            .iter()
+            .zip(&general_settle)
+            .filter(|(_, g)| !**g)
+            .map(|(c, _)| (c.request_id.as_str(), c.user_id.0))
+            .collect();
+        let modes = std::mem::take(&mut snap.modes);
+        snap = snapshot(tx, &users, &[], &hold_refs, &fast_refs).await?;
+        snap.modes = modes;
     }
 
     let mut deltas: HashMap<i64, (i64, i64)> = HashMap::new();
     let mut entries = Vec::new();
-    for i in fast {
-        let c = charges[i];
+    let mut taken_ids: Vec<String> = Vec::new();
+
+    // Settlements.
+    for (i, c) in charges.iter().enumerate() {
+        if settle_results[i].is_some() {
+            continue;
+        }
         let user = c.user_id.0;
-        if let Some(first) = settled.get(c.request_id.as_str()) {
-            results[i] = Some(Ok(Settlement {
+        if let Some(first) = snap.settled_refs.get(c.request_id.as_str()) {
+            settle_results[i] = Some(Ok(Settlement {
                 request_id: c.request_id.clone(),
                 charged: Money::from_nanos(*first),
                 replayed: true,
             }));
             continue;
         }
-        let Some((balance, held)) = wallets.get_mut(&user) else {
-            results[i] = Some(Err(LedgerError::UnknownUser(c.user_id)));
+        let Some((balance, held)) = snap.wallets.get_mut(&user) else {
+            settle_results[i] = Some(Err(LedgerError::UnknownUser(c.user_id)));
             continue;
         };
-        let split = split_charge(mode_of(c.group_id.0), None, c.amount);
+        let released = match snap.holds.remove(c.request_id.as_str()) {
+            Some(h) => {
+                if h.subscription_amount > 0 {
+                    // The group stopped billing subscriptions while this request ran: give the
+                    // subscription part back (the wallet pays the whole charge, as the mode now
+                    // says).
+                    unhold_subscription(tx, &h).await?;
+                }
+                taken_ids.push(h.request_id);
+                h.wallet_amount
+            }
+            None => 0,
+        };
+        let split = split_charge(mode_of(&snap.modes, c.group_id.0), None, c.amount);
         let wallet_charge = split.wallet.nanos();
-        let released = taken
-            .remove(c.request_id.as_str())
-            .map_or(0, |h| h.wallet_amount);
         let before = *balance;
         *balance -= wallet_charge;
         *held -= released;
@@ -813,14 +867,84 @@ async fn settle_batch(
             balance_after: Some(*balance),
             group_id: c.group_id.0,
         });
-        settled.insert(c.request_id.clone(), c.amount.nanos());
-        results[i] = Some(Ok(Settlement {
+        snap.settled_refs
+            .insert(c.request_id.clone(), c.amount.nanos());
+        settle_results[i] = Some(Ok(Settlement {
             request_id: c.request_id.clone(),
             charged: c.amount,
             replayed: false,
         }));
     }
-    update_wallets(tx, &deltas, now).await?;
-    insert_entries(tx, &entries, now).await?;
-    Ok(results.into_iter().map(|r| r.expect("decided")).collect())
+
+    // Holds, in arrival order: who comes first gets the last of a balance.
+    let mut taken: Vec<&HoldRequest> = Vec::new();
+    for (i, h) in holds.iter().enumerate() {
+        if hold_results[i].is_some() {
+            continue;
+        }
+        let user = h.user_id.0;
+        let r = if !snap.held_refs.insert(h.request_id.clone()) {
+            Err(LedgerError::DuplicateHold(h.request_id.clone()))
+        } else if let Some((balance, held)) = snap.wallets.get_mut(&user) {
+            let amount = h.amount.nanos();
+            let available = *balance - *held;
+            if available >= amount {
+                *held += amount;
+                deltas.entry(user).or_default().1 += amount;
+                entries.push(Entry {
+                    user_id: user,
+                    kind: "hold",
+                    request_id: h.request_id.clone(),
+                    amount,
+                    balance_delta: 0,
+                    held_delta: amount,
+                    balance_after: None,
+                    group_id: h.group_id.0,
+                });
+                taken.push(h);
+                Ok(Hold {
+                    request_id: h.request_id.clone(),
+                    user_id: h.user_id,
+                    group_id: h.group_id,
+                    amount: h.amount,
+                })
+            } else {
+                // The hold is refused whole: nothing of it is written.
+                snap.held_refs.remove(&h.request_id);
+                Err(LedgerError::InsufficientBalance {
+                    available: Money::from_nanos(available.max(0)),
+                    required: h.amount,
+                })
+            }
+        } else {
+            snap.held_refs.remove(&h.request_id);
+            Err(LedgerError::UnknownUser(h.user_id))
+        };
+        hold_results[i] = Some(r);
+    }
+
+    let mut writes = Vec::new();
+    if !taken_ids.is_empty() {
+        let mut st = Stmt::new(pg, "DELETE FROM holds WHERE request_id IN ");
+        st.list(taken_ids.iter().map(String::as_str));
+        writes.push(st);
+    }
+    writes.extend(update_wallets(pg, &deltas, now));
+    writes.extend(insert_holds(pg, shared, &taken, now));
+    writes.extend(insert_entries(pg, &entries, now));
+
+    Ok((
+        (
+        hold_results
+            .into_iter()
+            .map(|r| r.expect("every hold decided"))
+            .collect(),
+        release_results,
+        settle_results
+            .into_iter()
+            .map(|r| r.expect("every settlement decided"))
+            .collect(),
+        ),
+        writes,
+    ))
 }

@@ -114,6 +114,15 @@ impl Q {
         }
     }
 
+    /// The same statement with SQL before and after it (a multi-statement text, SQLite).
+    fn wrap(self, before: &str, after: &str) -> Q {
+        Q {
+            sql: Cow::Owned(format!("{before}{}{after}", self.sql)),
+            args: self.args,
+            persistent: false,
+        }
+    }
+
     pub(crate) fn bind(mut self, arg: impl Into<Arg>) -> Q {
         self.args.push(arg.into());
         self
@@ -166,6 +175,45 @@ impl Stmt {
         self
     }
 
+    /// Appends another statement's text and arguments (for a `UNION` part).
+    pub(crate) fn append(&mut self, other: Stmt) -> &mut Self {
+        if self.pg {
+            // Renumber the other statement's `$n` after ours.
+            let offset = self.args.len();
+            let mut out = String::with_capacity(other.sql.len() + 16);
+            let mut chars = other.sql.chars().peekable();
+            while let Some(c) = chars.next() {
+                if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+                    let mut n = 0usize;
+                    while let Some(d) = chars.peek().and_then(|c| c.to_digit(10)) {
+                        n = n * 10 + d as usize;
+                        chars.next();
+                    }
+                    let _ = write!(out, "${}", n + offset);
+                } else {
+                    out.push(c);
+                }
+            }
+            self.sql.push_str(&out);
+        } else {
+            self.sql.push_str(&other.sql);
+        }
+        self.args.extend(other.args);
+        self
+    }
+
+    /// Several statements as one multi-statement text (SQLite only: Postgres takes one statement
+    /// per message).
+    pub(crate) fn join(stmts: Vec<Stmt>) -> Option<Stmt> {
+        let mut it = stmts.into_iter();
+        let mut all = it.next()?;
+        for st in it {
+            all.sql.push_str("; ");
+            all.append(st);
+        }
+        Some(all)
+    }
+
     pub(crate) fn q(self) -> Q {
         let mut q = Q::one_off(self.sql);
         for a in self.args {
@@ -208,6 +256,14 @@ pub(crate) enum Pool {
 pub(crate) enum TxOf<'c> {
     Sqlite(sqlx::Transaction<'c, Sqlite>),
     Pg(sqlx::Transaction<'c, Postgres>),
+    /// A SQLite transaction run by hand on the ledger writer's own connection: `BEGIN IMMEDIATE`
+    /// rides on its first statement and `COMMIT` on its last ([`TxOf::exec_commit`]), saving two
+    /// hops to the connection's worker thread per transaction. Dropped unfinished it leaves the
+    /// connection inside the transaction, so its owner closes the connection on any error.
+    SqliteRaw {
+        conn: &'c mut sqlx::SqliteConnection,
+        begun: bool,
+    },
 }
 
 /// The transactions of pooled connections, which most of the store uses.
@@ -221,11 +277,18 @@ pub(crate) enum Conn {
 }
 
 impl Conn {
-    pub(crate) async fn begin(&mut self) -> Result<TxOf<'_>, sqlx::Error> {
-        use sqlx::Connection as _;
+    /// A transaction whose `BEGIN` and `COMMIT` travel with its first and last statements (see
+    /// [`TxOf::SqliteRaw`]); an ordinary one on Postgres.
+    pub(crate) async fn begin_raw(&mut self) -> Result<TxOf<'_>, sqlx::Error> {
         Ok(match self {
-            Conn::Sqlite(c) => TxOf::Sqlite(c.begin_with("BEGIN IMMEDIATE").await?),
-            Conn::Pg(c) => TxOf::Pg(c.begin().await?),
+            Conn::Sqlite(c) => TxOf::SqliteRaw {
+                conn: c,
+                begun: false,
+            },
+            Conn::Pg(c) => {
+                use sqlx::Connection as _;
+                TxOf::Pg(c.begin().await?)
+            }
         })
     }
 
@@ -333,7 +396,7 @@ impl Pool {
 impl TxOf<'_> {
     pub(crate) fn backend(&self) -> Backend {
         match self {
-            TxOf::Sqlite(_) => Backend::Sqlite,
+            TxOf::Sqlite(_) | TxOf::SqliteRaw { .. } => Backend::Sqlite,
             TxOf::Pg(_) => Backend::Postgres,
         }
     }
@@ -342,38 +405,83 @@ impl TxOf<'_> {
         self.backend() == Backend::Postgres
     }
 
+    /// For a hand-run transaction, puts `BEGIN IMMEDIATE` in front of its first statement.
+    fn first(&mut self, q: Q) -> Q {
+        match self {
+            TxOf::SqliteRaw { begun, .. } if !*begun => {
+                *begun = true;
+                q.wrap("BEGIN IMMEDIATE; ", "")
+            }
+            _ => q,
+        }
+    }
+
     pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
             TxOf::Sqlite(t) => t.commit().await,
             TxOf::Pg(t) => t.commit().await,
+            TxOf::SqliteRaw { begun: false, .. } => Ok(()),
+            TxOf::SqliteRaw { conn, begun: true } => {
+                sqlx::query("COMMIT").execute(&mut *conn).await.map(|_| ())
+            }
+        }
+    }
+
+    /// Runs `q` (if any) and commits; on a hand-run SQLite transaction in one round trip.
+    pub(crate) async fn exec_commit(mut self, q: Option<Q>) -> Result<(), sqlx::Error> {
+        match (&mut self, q) {
+            (TxOf::SqliteRaw { .. }, Some(q)) => {
+                let q = self.first(q).wrap("", "; COMMIT");
+                if let TxOf::SqliteRaw { conn, .. } = self {
+                    sqlx_query!(q).execute(&mut *conn).await?;
+                }
+                Ok(())
+            }
+            (_, Some(q)) => {
+                self.exec(q).await?;
+                self.commit().await
+            }
+            (_, None) => self.commit().await,
         }
     }
 
     pub(crate) async fn exec(&mut self, q: Q) -> Result<u64, sqlx::Error> {
+        let q = self.first(q);
         Ok(match self {
             TxOf::Sqlite(t) => sqlx_query!(q).execute(&mut **t).await?.rows_affected(),
             TxOf::Pg(t) => sqlx_query!(q).execute(&mut **t).await?.rows_affected(),
+            TxOf::SqliteRaw { conn, .. } => sqlx_query!(q).execute(&mut **conn).await?.rows_affected(),
         })
     }
 
     pub(crate) async fn opt(&mut self, q: Q) -> Result<Option<Row>, sqlx::Error> {
+        let q = self.first(q);
         Ok(match self {
             TxOf::Sqlite(t) => sqlx_query!(q)
                 .fetch_optional(&mut **t)
                 .await?
                 .map(Row::Sqlite),
             TxOf::Pg(t) => sqlx_query!(q).fetch_optional(&mut **t).await?.map(Row::Pg),
+            TxOf::SqliteRaw { conn, .. } => sqlx_query!(q)
+                .fetch_optional(&mut **conn)
+                .await?
+                .map(Row::Sqlite),
         })
     }
 
     pub(crate) async fn one(&mut self, q: Q) -> Result<Row, sqlx::Error> {
+        let q = self.first(q);
         Ok(match self {
             TxOf::Sqlite(t) => Row::Sqlite(sqlx_query!(q).fetch_one(&mut **t).await?),
             TxOf::Pg(t) => Row::Pg(sqlx_query!(q).fetch_one(&mut **t).await?),
+            TxOf::SqliteRaw { conn, .. } => {
+                Row::Sqlite(sqlx_query!(q).fetch_one(&mut **conn).await?)
+            }
         })
     }
 
     pub(crate) async fn all(&mut self, q: Q) -> Result<Vec<Row>, sqlx::Error> {
+        let q = self.first(q);
         Ok(match self {
             TxOf::Sqlite(t) => sqlx_query!(q)
                 .fetch_all(&mut **t)
@@ -386,6 +494,12 @@ impl TxOf<'_> {
                 .await?
                 .into_iter()
                 .map(Row::Pg)
+                .collect(),
+            TxOf::SqliteRaw { conn, .. } => sqlx_query!(q)
+                .fetch_all(&mut **conn)
+                .await?
+                .into_iter()
+                .map(Row::Sqlite)
                 .collect(),
         })
     }

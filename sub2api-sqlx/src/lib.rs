@@ -162,6 +162,9 @@ pub(crate) struct Shared {
     /// On a SQLite file with `synchronous = FULL`, the WAL file: the ledger writer commits with
     /// `NORMAL` and fsyncs this file itself before answering settlements (see [`crate::batch`]).
     pub(crate) wal_sync: Option<std::path::PathBuf>,
+    /// A SQLite file: the ledger writer keeps a connection of its own and also writes the usage
+    /// log, so that no two writers of this process meet in SQLite's busy handler (which sleeps).
+    pub(crate) pin_writer: bool,
 }
 
 struct Inner {
@@ -169,6 +172,7 @@ struct Inner {
     writer: Writer,
     usage: UsageWriter,
     sweeper: Mutex<Option<JoinHandle<()>>>,
+    checkpointer: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
     /// Request ids this process holds key quota for. Settling and releasing quota is asked for on
     /// every request; the request that took a quota hold is always settled by the process that
@@ -177,16 +181,19 @@ struct Inner {
     pub(crate) quota_holds: Mutex<std::collections::HashSet<String>>,
 }
 
+impl Inner {
+    fn stop_background(&self) {
+        for task in [&self.sweeper, &self.checkpointer] {
+            if let Some(h) = task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                h.abort();
+            }
+        }
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(h) = self
-            .sweeper
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            h.abort();
-        }
+        self.stop_background();
     }
 }
 
@@ -303,9 +310,35 @@ impl SqlStore {
             instance_id,
             hold_ttl_ms: i64::try_from(opts.hold_ttl.as_millis()).unwrap_or(i64::MAX),
             wal_sync,
+            pin_writer: url.starts_with("sqlite:") && !is_sqlite_memory(url),
         });
         let writer = Writer::spawn(shared.clone(), opts.settle_batch);
-        let usage = UsageWriter::spawn(shared.clone(), opts.usage_batch, opts.usage_queue);
+        let usage = UsageWriter::spawn(
+            shared.clone(),
+            shared.pin_writer.then(|| writer.clone()),
+            opts.usage_batch,
+            opts.usage_queue,
+        );
+        // The ledger writer's connection does not checkpoint (it would stall every waiting
+        // request); a pool connection copies the WAL back into the database in the background.
+        // PASSIVE never blocks the writer.
+        let checkpointer = shared.pin_writer.then(|| {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(500));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = shared
+                        .pool
+                        .exec(db::Q::new("PRAGMA wal_checkpoint(PASSIVE)"))
+                        .await
+                    {
+                        tracing::warn!(error = %e, "WAL checkpoint failed");
+                    }
+                }
+            })
+        });
         let sweeper = opts.sweep_interval.map(|every| {
             let shared = shared.clone();
             tokio::spawn(async move {
@@ -326,6 +359,7 @@ impl SqlStore {
                 writer,
                 usage,
                 sweeper: Mutex::new(sweeper),
+                checkpointer: Mutex::new(checkpointer),
                 closed: AtomicBool::new(false),
                 quota_holds: Mutex::default(),
             }),
@@ -382,19 +416,12 @@ impl SqlStore {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return;
         }
-        self.inner.writer.close().await;
+        // Usage rows first: on a SQLite file the ledger writer writes them.
         if let Err(e) = self.inner.usage.flush().await {
             tracing::error!(error = %e, "usage log flush failed at shutdown");
         }
-        if let Some(h) = self
-            .inner
-            .sweeper
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            h.abort();
-        }
+        self.inner.writer.close().await;
+        self.inner.stop_background();
         self.inner.shared.pool.close().await;
     }
 }

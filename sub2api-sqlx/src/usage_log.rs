@@ -19,7 +19,8 @@ use sub2api_core::money::Money;
 use sub2api_core::store::{StoreError, UsageLog, UsageQuery};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::db::{Arg, Q, Row, Stmt};
+use crate::batch::Writer;
+use crate::db::{Arg, Q, Row, Stmt, TxOf};
 use crate::{Shared, SqlStore, store_err};
 
 const COLUMNS: &str = "request_id, user_id, key_id, group_id, account_id, model, input_tokens, output_tokens, \
@@ -39,9 +40,16 @@ pub(crate) struct UsageWriter {
 }
 
 impl UsageWriter {
-    pub(crate) fn spawn(shared: Arc<Shared>, max_batch: usize, queue: usize) -> UsageWriter {
+    /// With `ledger`, batches are written by the ledger writer on its own connection (SQLite: two
+    /// writers in one process would meet in SQLite's busy handler, which sleeps for milliseconds).
+    pub(crate) fn spawn(
+        shared: Arc<Shared>,
+        ledger: Option<Writer>,
+        max_batch: usize,
+        queue: usize,
+    ) -> UsageWriter {
         let (tx, rx) = mpsc::channel(queue.max(1));
-        tokio::spawn(run(shared, rx, max_batch.max(1)));
+        tokio::spawn(run(shared, ledger, rx, max_batch.max(1)));
         UsageWriter { tx }
     }
 
@@ -62,7 +70,12 @@ impl UsageWriter {
     }
 }
 
-async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Msg>, max_batch: usize) {
+async fn run(
+    shared: Arc<Shared>,
+    ledger: Option<Writer>,
+    mut rx: mpsc::Receiver<Msg>,
+    max_batch: usize,
+) {
     // Whether a batch was dropped since the last flush: the next flush reports it.
     let mut lost: Option<String> = None;
     let mut rows = Vec::with_capacity(max_batch);
@@ -79,7 +92,7 @@ async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Msg>, max_batch: usize)
             }
         }
         if !rows.is_empty() {
-            if let Err(e) = write_with_retries(&shared, &rows).await {
+            if let Err(e) = write_with_retries(&shared, ledger.as_ref(), &mut rows).await {
                 tracing::error!(error = %e, rows = rows.len(), "usage log batch dropped after retries");
                 lost = Some(e.to_string());
             }
@@ -96,11 +109,23 @@ async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Msg>, max_batch: usize)
     }
 }
 
-async fn write_with_retries(shared: &Shared, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
+async fn write_with_retries(
+    shared: &Shared,
+    ledger: Option<&Writer>,
+    rows: &mut Vec<UsageRecord>,
+) -> Result<(), sqlx::Error> {
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        match write_batch(shared, rows).await {
+        let written = match ledger {
+            Some(w) => {
+                let (r, back) = w.usage(std::mem::take(rows)).await;
+                *rows = back;
+                r
+            }
+            None => write_batch(shared, rows).await,
+        };
+        match written {
             Ok(()) => return Ok(()),
             Err(e) if attempt < 6 => {
                 tracing::warn!(error = %e, attempt, "usage log write failed; retrying");
@@ -128,42 +153,57 @@ fn tokens(v: u64) -> i64 {
 
 async fn write_batch(shared: &Shared, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
     let mut tx = shared.pool.begin().await?;
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut st = Stmt::new(tx.is_pg(), &format!("INSERT INTO usage_log ({COLUMNS}) VALUES "));
-        for (i, r) in chunk.iter().enumerate() {
-            st.sql(if i == 0 { "(" } else { ", (" });
-            let values: [Arg; NCOLS] = [
-                r.request_id.as_str().into(),
-                r.user_id.0.into(),
-                r.key_id.0.into(),
-                r.group_id.0.into(),
-                r.account_id.map(|a| a.0).into(),
-                r.model.as_str().into(),
-                tokens(r.usage.input_tokens).into(),
-                tokens(r.usage.output_tokens).into(),
-                tokens(r.usage.cache_creation_5m_tokens).into(),
-                tokens(r.usage.cache_creation_1h_tokens).into(),
-                tokens(r.usage.cache_read_tokens).into(),
-                tokens(r.usage.web_search_requests).into(),
-                r.cost.nanos().into(),
-                r.stream.into(),
-                ending_str(r.ending).into(),
-                i64::try_from(r.duration_ms).unwrap_or(i64::MAX).into(),
-                r.created_at.into(),
-            ];
-            for (c, v) in values.into_iter().enumerate() {
-                if c > 0 {
-                    st.sql(", ");
-                }
-                st.arg(v);
-            }
-            st.sql(")");
-        }
-        st.sql(" ON CONFLICT (request_id) DO NOTHING");
-        let q = st.q();
-        tx.exec(q).await?;
-    }
+    insert_usage(&mut tx, rows).await?;
     tx.commit().await
+}
+
+/// Inserts usage rows (multi-row statements) in the caller's transaction.
+pub(crate) async fn insert_usage(tx: &mut TxOf<'_>, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
+    for st in insert_stmts(tx.is_pg(), rows) {
+        tx.exec(st.q()).await?;
+    }
+    Ok(())
+}
+
+/// The multi-row `INSERT`s of `rows`; a row already logged (same request id) is skipped, so a
+/// batch retried after an ambiguous failure never duplicates one.
+pub(crate) fn insert_stmts(pg: bool, rows: &[UsageRecord]) -> Vec<Stmt> {
+    rows.chunks(ROWS_PER_STATEMENT)
+        .map(|chunk| {
+            let mut st = Stmt::new(pg, &format!("INSERT INTO usage_log ({COLUMNS}) VALUES "));
+            for (i, r) in chunk.iter().enumerate() {
+                st.sql(if i == 0 { "(" } else { ", (" });
+                let values: [Arg; NCOLS] = [
+                    r.request_id.as_str().into(),
+                    r.user_id.0.into(),
+                    r.key_id.0.into(),
+                    r.group_id.0.into(),
+                    r.account_id.map(|a| a.0).into(),
+                    r.model.as_str().into(),
+                    tokens(r.usage.input_tokens).into(),
+                    tokens(r.usage.output_tokens).into(),
+                    tokens(r.usage.cache_creation_5m_tokens).into(),
+                    tokens(r.usage.cache_creation_1h_tokens).into(),
+                    tokens(r.usage.cache_read_tokens).into(),
+                    tokens(r.usage.web_search_requests).into(),
+                    r.cost.nanos().into(),
+                    r.stream.into(),
+                    ending_str(r.ending).into(),
+                    i64::try_from(r.duration_ms).unwrap_or(i64::MAX).into(),
+                    r.created_at.into(),
+                ];
+                for (c, v) in values.into_iter().enumerate() {
+                    if c > 0 {
+                        st.sql(", ");
+                    }
+                    st.arg(v);
+                }
+                st.sql(")");
+            }
+            st.sql(" ON CONFLICT (request_id) DO NOTHING");
+            st
+        })
+        .collect()
 }
 
 fn record_from_row(r: &Row) -> Result<UsageRecord, sqlx::Error> {

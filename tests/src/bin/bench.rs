@@ -265,9 +265,14 @@ async fn run(opts: Opts, args: &[String]) -> Result<(), String> {
     if opts.sections.ledger {
         let pg = db::PgSchema::create(&opts.pg_url).await;
         let sqlite = db::SqliteFile::new();
+        let sqlite_normal = db::SqliteFile::new();
         let mut ledgers: Vec<(String, String)> = vec![
             ("memory".into(), "memory".into()),
             ("sqlite".into(), sqlite.url.clone()),
+            (
+                "sqlite-normal".into(),
+                format!("{}#normal", sqlite_normal.url),
+            ),
         ];
         match &pg {
             Ok(schema) => ledgers.push(("postgres".into(), schema.url.clone())),
@@ -319,6 +324,7 @@ async fn run(opts: Opts, args: &[String]) -> Result<(), String> {
             schema.drop().await;
         }
         drop(sqlite);
+        drop(sqlite_normal);
     }
 
     if opts.sections.memory {

@@ -5,7 +5,7 @@
 //! `127.0.0.1:0`, prints `LISTENING <addr>` on stdout, and serves until its stdin closes (the
 //! parent dropped it, or died) or it is killed.
 //!
-//! - `--child relay --vendor URL --db memory|sqlite://…|postgres://…`: the full relay, booted
+//! - `--child relay --vendor URL --db memory|sqlite://…[#normal]|postgres://…`: the full relay, booted
 //!   through `sub2api_axum::boot` exactly as the end-to-end tests do (4 accounts at the mock,
 //!   a user with 1,000,000 USD, billing on), served by `sub2api_axum::router`. `--users N` seeds
 //!   N such users, each with its own key.
@@ -128,10 +128,14 @@ async fn relay_app(vendor: &str, db: &str, users: usize) -> Result<Router, Strin
             })
             .collect(),
         balance: Money::usd(BALANCE_USD),
-        database_url: db.to_owned(),
+        // `sqlite://…#normal`: the same file-backed store with `sqlite_synchronous = "normal"`.
+        database_url: db.trim_end_matches("#normal").to_owned(),
         ..Spec::default()
     };
     let mut config = config_for(&spec, vendor);
+    if db.ends_with("#normal") {
+        config.sqlite_synchronous = Some("normal".into());
+    }
     // `--users N`: N-1 more users like the tests' one, each with its own key (see load::api_key),
     // to see whether a ledger is limited by one hot wallet or by its per-request cost.
     let (user, key) = (config.users[0].clone(), config.keys[0].clone());
