@@ -50,7 +50,7 @@ use sub2api_core::subscription::{BillingMode, split_charge};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Shared;
-use crate::db::{Conn, Stmt, TxOf};
+use crate::db::{Conn, Q, Stmt, TxOf};
 use crate::ledger::{
     HoldRow, in_tx, release_one, release_taken_hold, reserve_one, reserve_tx, settle_tx,
     take_hold, unavailable, unhold_subscription,
@@ -519,6 +519,18 @@ async fn snapshot(
 ) -> Result<Snapshot, sqlx::Error> {
     let pg = tx.is_pg();
     let mut snap = Snapshot::default();
+    if !pg {
+        use serde_json::json;
+        let q = Q::new(SQLITE_SNAPSHOT)
+            .bind(json!(users).to_string())
+            .bind(json!(groups).to_string())
+            .bind(json!(hold_refs).to_string())
+            .bind(json!(settle_refs.iter().map(|(r, _)| r).collect::<Vec<_>>()).to_string())
+            .bind(json!(settle_refs).to_string());
+        let rows = tx.all(q).await?;
+        read_snapshot(&mut snap, rows)?;
+        return Ok(snap);
+    }
     const COLS: &str = "CAST(NULL AS TEXT) AS k, CAST(NULL AS BIGINT) AS a, \
         CAST(NULL AS BIGINT) AS b, CAST(NULL AS BIGINT) AS c, CAST(NULL AS BIGINT) AS d, \
         CAST(NULL AS BIGINT) AS e, CAST(NULL AS BIGINT) AS f";
@@ -592,7 +604,13 @@ async fn snapshot(
     for p in parts {
         q.sql(" UNION ALL ").append(p);
     }
-    for r in tx.all(q.q()).await? {
+    let rows = tx.all(q.q()).await?;
+    read_snapshot(&mut snap, rows)?;
+    Ok(snap)
+}
+
+fn read_snapshot(snap: &mut Snapshot, rows: Vec<crate::db::Row>) -> Result<(), sqlx::Error> {
+    for r in rows {
         match r.text("t")?.as_str() {
             "w" => {
                 snap.wallets
@@ -622,7 +640,7 @@ async fn snapshot(
             }
         }
     }
-    Ok(snap)
+    Ok(())
 }
 
 type RoundResults = (
@@ -660,21 +678,23 @@ async fn round(
     let charges: Vec<&Charge> = settles.iter().map(|(c, _)| c).collect();
     let r: Result<RoundResults, sqlx::Error> = async {
         let mut tx = link.begin(shared).await?;
-        let (out, mut writes) = apply(&mut tx, shared, &reqs, &rels, &charges, now).await?;
-        for (rows, _) in &usage {
-            writes.extend(crate::usage_log::insert_stmts(tx.is_pg(), rows));
-        }
-        let writes = if tx.is_pg() {
+        let (out, pending) = apply(&mut tx, shared, &reqs, &rels, &charges, now).await?;
+        if tx.is_pg() {
             // One statement per message on Postgres.
+            let mut writes = pending.stmts(shared, now);
+            for (rows, _) in &usage {
+                writes.extend(crate::usage_log::insert_stmts(true, rows));
+            }
             let last = writes.pop();
             for st in writes {
                 tx.exec(st.q()).await?;
             }
-            last
+            tx.exec_commit(last.map(Stmt::q)).await?;
         } else {
-            Stmt::join(writes)
-        };
-        tx.exec_commit(writes.map(Stmt::q)).await?;
+            let rows: Vec<&[UsageRecord]> = usage.iter().map(|(r, _)| r.as_slice()).collect();
+            tx.exec_commit(Some(pending.sqlite(shared, now, &rows)))
+                .await?;
+        }
         Ok(out)
     }
     .await;
@@ -732,15 +752,14 @@ async fn round(
 /// One round in the caller's transaction: settlements, then releases, then holds (so money a
 /// round frees is available to the holds of the same round).
 /// Returns the results and the writes that make them so; the caller runs the writes and commits.
-async fn apply(
+async fn apply<'h>(
     tx: &mut TxOf<'_>,
     shared: &Shared,
-    holds: &[&HoldRequest],
+    holds: &[&'h HoldRequest],
     releases: &[&Hold],
     charges: &[&Charge],
     now: i64,
-) -> Result<(RoundResults, Vec<Stmt>), sqlx::Error> {
-    let pg = tx.is_pg();
+) -> Result<(RoundResults, Pending<'h>), sqlx::Error> {
     let users = sorted_unique(
         holds
             .iter()
@@ -923,15 +942,12 @@ async fn apply(
         hold_results[i] = Some(r);
     }
 
-    let mut writes = Vec::new();
-    if !taken_ids.is_empty() {
-        let mut st = Stmt::new(pg, "DELETE FROM holds WHERE request_id IN ");
-        st.list(taken_ids.iter().map(String::as_str));
-        writes.push(st);
-    }
-    writes.extend(update_wallets(pg, &deltas, now));
-    writes.extend(insert_holds(pg, shared, &taken, now));
-    writes.extend(insert_entries(pg, &entries, now));
+    let pending = Pending {
+        taken_ids,
+        deltas,
+        taken,
+        entries,
+    };
 
     Ok((
         (
@@ -945,6 +961,133 @@ async fn apply(
             .map(|r| r.expect("every settlement decided"))
             .collect(),
         ),
-        writes,
+        pending,
     ))
 }
+/// The writes a round decided on, not yet run.
+struct Pending<'h> {
+    /// Holds taken by the settlements (deleted).
+    taken_ids: Vec<String>,
+    /// Per-user `(balance, held)` changes.
+    deltas: HashMap<i64, (i64, i64)>,
+    /// Holds granted (inserted).
+    taken: Vec<&'h HoldRequest>,
+    entries: Vec<Entry>,
+}
+
+impl Pending<'_> {
+    /// The writes as statements sized to the batch (Postgres).
+    fn stmts(&self, shared: &Shared, now: i64) -> Vec<Stmt> {
+        let pg = true;
+        let mut writes = Vec::new();
+        if !self.taken_ids.is_empty() {
+            let mut st = Stmt::new(pg, "DELETE FROM holds WHERE request_id IN ");
+            st.list(self.taken_ids.iter().map(String::as_str));
+            writes.push(st);
+        }
+        writes.extend(update_wallets(pg, &self.deltas, now));
+        writes.extend(insert_holds(pg, shared, &self.taken, now));
+        writes.extend(insert_entries(pg, &self.entries, now));
+        writes
+    }
+
+    /// The writes (and the round's usage rows) as [`SQLITE_WRITE`]: one fixed text whose rows
+    /// arrive as JSON arrays, so SQLite prepares it once per connection instead of parsing a
+    /// statement of hundreds of parameters every round.
+    fn sqlite(&self, shared: &Shared, now: i64, usage: &[&[UsageRecord]]) -> Q {
+        use serde_json::json;
+        let mut deltas: Vec<(i64, i64, i64)> = self
+            .deltas
+            .iter()
+            .filter(|(_, d)| **d != (0, 0))
+            .map(|(u, (b, h))| (*u, *b, *h))
+            .collect();
+        deltas.sort_unstable();
+        let deltas: Vec<_> = deltas.iter().map(|(u, b, h)| json!([u, b, h])).collect();
+        let holds: Vec<_> = self
+            .taken
+            .iter()
+            .map(|h| json!([h.request_id, h.user_id.0, h.group_id.0, h.amount.nanos()]))
+            .collect();
+        let entries: Vec<_> = self
+            .entries
+            .iter()
+            .map(|e| {
+                json!([
+                    e.user_id,
+                    e.kind,
+                    e.request_id,
+                    e.amount,
+                    e.balance_delta,
+                    e.held_delta,
+                    e.balance_after,
+                    e.group_id
+                ])
+            })
+            .collect();
+        let rows: Vec<_> = usage
+            .iter()
+            .flat_map(|rows| rows.iter())
+            .map(crate::usage_log::json_row)
+            .collect();
+        Q::new(SQLITE_WRITE)
+            .bind(serde_json::Value::from(self.taken_ids.clone()).to_string())
+            .bind(serde_json::Value::from(deltas).to_string())
+            .bind(serde_json::Value::from(holds).to_string())
+            .bind(serde_json::Value::from(entries).to_string())
+            .bind(serde_json::Value::from(rows).to_string())
+            .bind(now)
+            .bind(shared.instance_id.as_str())
+            .bind(now.saturating_add(shared.hold_ttl_ms))
+    }
+}
+
+/// A round's writes on SQLite (see [`Pending::sqlite`]). `$1` taken hold ids, `$2` wallet
+/// deltas `[user, balance, held]`, `$3` new holds `[request, user, group, amount]`, `$4` journal
+/// rows, `$5` usage rows, `$6` now, `$7` this instance, `$8` the holds' expiry. `WHERE true`
+/// tells SQLite's parser that `ON CONFLICT` belongs to the `INSERT`, not to the `SELECT`.
+///
+/// Parameters are named `$n`, not `?n`: a statement of a multi-statement text that skips a
+/// numbered `?n` has unnamed slots, which sqlx binds as if positional, running past the arguments
+/// and leaving the later parameters NULL.
+const SQLITE_WRITE: &str = "\
+DELETE FROM holds WHERE request_id IN (SELECT value FROM json_each($1));
+UPDATE wallets SET balance = balance + d.b, held = held + d.h, updated_at = $6
+  FROM (SELECT value ->> 0 AS u, value ->> 1 AS b, value ->> 2 AS h FROM json_each($2)) AS d
+  WHERE wallets.user_id = d.u;
+INSERT INTO holds (request_id, user_id, group_id, amount, wallet_amount, subscription_amount,
+                   instance_id, created_at, expires_at)
+  SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 3, 0, $7, $6, $8
+  FROM json_each($3);
+INSERT INTO ledger_entries (user_id, kind, ref, amount, balance_delta, held_delta, balance_after,
+                            group_id, subscription_amount, memo, created_at)
+  SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
+         value ->> 6, value ->> 7, 0, '', $6
+  FROM json_each($4) ORDER BY key;
+INSERT INTO usage_log (request_id, user_id, key_id, group_id, account_id, model, input_tokens,
+                       output_tokens, cache_creation_5m_tokens, cache_creation_1h_tokens,
+                       cache_read_tokens, web_search_requests, cost, stream, ending, duration_ms,
+                       created_at)
+  SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
+         value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11,
+         value ->> 12, value ->> 13, value ->> 14, value ->> 15, value ->> 16
+  FROM json_each($5) WHERE true
+  ON CONFLICT (request_id) DO NOTHING";
+
+/// A round's [`Snapshot`] on SQLite: the same parts as the Postgres one, in one fixed text
+/// (prepared once) whose keys arrive as JSON arrays: `$1` users, `$2` groups, `$3` hold refs,
+/// `$4` settle refs, `$5` `[request, user]` of the settling requests.
+const SQLITE_SNAPSHOT: &str = "\
+SELECT 'w' AS t, NULL AS k, user_id AS a, balance AS b, held AS c, NULL AS d, NULL AS e, NULL AS f
+  FROM wallets WHERE user_id IN (SELECT value FROM json_each($1))
+UNION ALL SELECT 'g', billing_mode, id, NULL, NULL, NULL, NULL, NULL
+  FROM groups WHERE id IN (SELECT value FROM json_each($2))
+UNION ALL SELECT 'h', ref, NULL, NULL, NULL, NULL, NULL, NULL
+  FROM ledger_entries WHERE kind = 'hold' AND ref IN (SELECT value FROM json_each($3))
+UNION ALL SELECT 's', ref, amount, NULL, NULL, NULL, NULL, NULL
+  FROM ledger_entries WHERE kind = 'settle' AND ref IN (SELECT value FROM json_each($4))
+UNION ALL SELECT 'x', h.request_id, h.user_id, h.group_id, h.amount, h.wallet_amount,
+                 h.subscription_id, h.subscription_amount
+  FROM json_each($5) AS j JOIN holds AS h
+    ON h.request_id = j.value ->> 0 AND h.user_id = j.value ->> 1";
+

@@ -202,18 +202,6 @@ impl Stmt {
         self
     }
 
-    /// Several statements as one multi-statement text (SQLite only: Postgres takes one statement
-    /// per message).
-    pub(crate) fn join(stmts: Vec<Stmt>) -> Option<Stmt> {
-        let mut it = stmts.into_iter();
-        let mut all = it.next()?;
-        for st in it {
-            all.sql.push_str("; ");
-            all.append(st);
-        }
-        Some(all)
-    }
-
     pub(crate) fn q(self) -> Q {
         let mut q = Q::one_off(self.sql);
         for a in self.args {

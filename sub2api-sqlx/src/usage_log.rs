@@ -165,6 +165,30 @@ pub(crate) async fn insert_usage(tx: &mut TxOf<'_>, rows: &[UsageRecord]) -> Res
     Ok(())
 }
 
+/// One usage row as the JSON array the ledger writer's SQLite statement reads (columns in
+/// [`COLUMNS`] order).
+pub(crate) fn json_row(r: &UsageRecord) -> serde_json::Value {
+    serde_json::json!([
+        r.request_id,
+        r.user_id.0,
+        r.key_id.0,
+        r.group_id.0,
+        r.account_id.map(|a| a.0),
+        r.model,
+        tokens(r.usage.input_tokens),
+        tokens(r.usage.output_tokens),
+        tokens(r.usage.cache_creation_5m_tokens),
+        tokens(r.usage.cache_creation_1h_tokens),
+        tokens(r.usage.cache_read_tokens),
+        tokens(r.usage.web_search_requests),
+        r.cost.nanos(),
+        i64::from(r.stream),
+        ending_str(r.ending),
+        i64::try_from(r.duration_ms).unwrap_or(i64::MAX),
+        r.created_at,
+    ])
+}
+
 /// The multi-row `INSERT`s of `rows`; a row already logged (same request id) is skipped, so a
 /// batch retried after an ambiguous failure never duplicates one.
 pub(crate) fn insert_stmts(pg: bool, rows: &[UsageRecord]) -> Vec<Stmt> {
