@@ -9,12 +9,11 @@ use actix_web::body::{BodySize, MessageBody};
 use actix_web::web;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Body, Frame};
 use sub2api_core::BoxError;
-use sub2api_core::body::RelayBody;
 use tokio::sync::mpsc;
 
-use crate::runtime::InRuntime;
+use crate::exchange::{Owner, Received};
 
 /// Payload chunks in flight between actix and the relay.
 const REQUEST_CHUNKS_IN_FLIGHT: usize = 8;
@@ -60,16 +59,24 @@ pub(crate) fn request_body(mut payload: web::Payload) -> (ChannelBody, impl Futu
     (ChannelBody { rx }, feed)
 }
 
-/// The relay's response body as an actix `MessageBody`. It owns the body: every chunk goes out
-/// as it arrives, and when actix drops the response (the client left), the relay body is dropped
-/// with it, inside the relay's runtime.
+/// The relay's response body as an actix `MessageBody`: the chunks the relay task hands over,
+/// written as they arrive (a batch that arrived together goes out in one write). It holds the
+/// request's [`Owner`]: when actix drops the response (the client left), what the relay still
+/// holds is dropped with it, inside the relay's runtime.
 pub(crate) struct ResponseBody {
-    body: InRuntime<RelayBody>,
+    size: BodySize,
+    body: Received,
+    _owner: Owner,
 }
 
 impl ResponseBody {
-    pub(crate) fn new(body: InRuntime<RelayBody>) -> Self {
-        ResponseBody { body }
+    pub(crate) fn new(size: Option<u64>, body: Received, owner: Owner) -> Self {
+        let size = size.map_or(BodySize::Stream, BodySize::Sized);
+        ResponseBody {
+            size,
+            body,
+            _owner: owner,
+        }
     }
 }
 
@@ -93,37 +100,36 @@ impl MessageBody for ResponseBody {
     type Error = ResponseBodyError;
 
     fn size(&self) -> BodySize {
-        let Some(body) = self.body.get() else {
-            return BodySize::Sized(0);
-        };
-        let hint: SizeHint = body.size_hint();
-        match hint.exact() {
-            Some(n) => BodySize::Sized(n),
-            None => BodySize::Stream,
-        }
+        self.size
     }
 
     fn poll_next(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, ResponseBodyError>>> {
-        let (_enter, body) = self.get_mut().body.entered();
-        let Some(body) = body else {
+        let body = &mut self.get_mut().body;
+        if let Some(data) = body.ready.pop_front() {
+            return Poll::Ready(Some(Ok(data)));
+        }
+        if let Some(e) = body.failed.take() {
+            return Poll::Ready(Some(Err(ResponseBodyError(e))));
+        }
+        let Some(rest) = body.rest.as_mut() else {
             return Poll::Ready(None);
         };
-        loop {
-            match Pin::new(&mut *body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    // An empty chunk would end a chunked HTTP/1.1 body early.
-                    Ok(data) if data.is_empty() => continue,
-                    Ok(data) => return Poll::Ready(Some(Ok(data))),
-                    // Trailers have no place in an actix response; skip them.
-                    Err(_) => continue,
-                },
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(ResponseBodyError(e)))),
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
-            }
+        rest.poll_recv(cx)
+            .map(|chunk| chunk.map(|r| r.map_err(ResponseBodyError)))
+    }
+
+    fn try_into_bytes(mut self) -> Result<Bytes, Self>
+    where
+        Self: Sized,
+    {
+        // A whole body in one chunk (or none): actix writes it with the head, without polling.
+        let body = &mut self.body;
+        if body.ready.len() <= 1 && body.failed.is_none() && body.rest.is_none() {
+            return Ok(body.ready.pop_front().unwrap_or_default());
         }
+        Err(self)
     }
 }

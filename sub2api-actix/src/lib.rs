@@ -8,8 +8,7 @@
 //! - [`scope`] mounts them under a prefix (`/ai/v1/messages` reaches the relay as `/v1/messages`);
 //! - [`spawn`] runs a ready-made `HttpServer` on its own thread (tests and the `sub2api-actix`
 //!   binary use it);
-//! - [`Mount`] is what both functions build, for choosing the runtime the relay's background work
-//!   runs on.
+//! - [`Mount`] is what both functions build, for choosing the runtime the relay's work runs on.
 //!
 //! ```no_run
 //! use actix_web::{App, HttpResponse, HttpServer, web};
@@ -35,39 +34,45 @@
 //!
 //! actix's request payload is `!Send`, the relay wants a `Send` body: the payload is forwarded
 //! through a bounded channel, fed by the handler itself while the relay reads it (nothing is
-//! buffered beyond a few chunks; the relay enforces its own body limit). The relay's response
-//! body is handed to actix as a `MessageBody` that owns it: every chunk is written as it arrives
-//! (SSE is flushed per event) and when the client disconnects actix drops the body, which is how
-//! the relay's metered body learns the client left, drains upstream and settles.
+//! buffered beyond a few chunks; the relay enforces its own body limit). The relay's call runs as
+//! a task on the relay runtime, next to its upstream connections, and hands actix its answer: the
+//! head (with the whole body when it is small and of known size), then the body's chunks through a
+//! bounded channel, each written as it arrives (SSE is flushed per event; events that arrived
+//! together go out in one write). When the client disconnects actix drops the body, which drops
+//! the relay's metered body at once: that is how it learns the client left, drains upstream and
+//! settles.
 //!
-//! ## Where the relay's background work runs
+//! ## Where the relay's work runs
 //!
 //! actix runs each worker on its own single-threaded runtime, which is torn down when the server
 //! stops. The relay spawns work that must outlive a response (draining upstream after a client
-//! hung up, committing a settlement, releasing a hold), so a [`Mount`] polls and drops everything
-//! of the relay inside a runtime that outlives the workers: the adapter's shared relay runtime by
-//! default ([`Mount::new`]), or one you pass ([`Mount::on_runtime`]). Upstream connections live
-//! there too, so they survive worker restarts. After the server stopped, [`Relay::shutdown`]
-//! waits for that work.
+//! hung up, committing a settlement, releasing a hold), and its upstream connections are shared by
+//! every worker, so a [`Mount`] runs the relay's calls and bodies, and drops them, inside a runtime
+//! that outlives the workers: the adapter's shared relay runtime by default ([`Mount::new`]), or
+//! one you pass ([`Mount::on_runtime`]). actix's workers then only parse and write HTTP. After the
+//! server stopped, [`Relay::shutdown`] waits for the relay's remaining work.
 
 pub mod api;
 mod body;
+mod exchange;
 mod runtime;
 mod server;
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::Poll;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, Scope, web};
-use sub2api_core::body::RelayBody;
 use sub2api_core::relay::{Relay, RelayApp};
 use tokio::runtime::Handle;
 
 pub use server::{ActixServer, ServeOptions, spawn, spawn_with};
 
 use crate::body::{ResponseBody, request_body};
-use crate::runtime::InRuntime;
+use crate::exchange::{Head, Owner};
 
 /// Every relay route, ready to be registered on an actix `App`, a `Scope` or a `ServiceConfig`.
 ///
@@ -80,8 +85,8 @@ pub struct Mount {
 }
 
 impl Mount {
-    /// Relay work runs on the adapter's shared relay runtime (a small multi-threaded tokio
-    /// runtime started on first use and kept for the life of the process).
+    /// Relay work runs on the adapter's shared relay runtime (a multi-threaded tokio runtime,
+    /// one worker per core, started on first use and kept for the life of the process).
     pub fn new(relay: &Relay) -> Self {
         Self::on_runtime(relay, runtime::shared())
     }
@@ -106,7 +111,9 @@ impl Mount {
                     continue;
                 }
                 seen.push(path);
-                let mount = self.clone();
+                // Shared by the route's requests, not cloned for each: a `Mount` clone clones the
+                // relay's whole service stack.
+                let mount = Arc::new(self.clone());
                 cfg.service(web::resource(path).to(
                     move |req: HttpRequest, payload: web::Payload| {
                         let mount = mount.clone();
@@ -124,13 +131,17 @@ impl Mount {
 
     /// Hands one request to the relay and its response back to actix. `pattern` is the route
     /// pattern the request matched; the relay sees the request path from there on.
-    async fn serve(self, req: HttpRequest, payload: web::Payload, pattern: &str) -> HttpResponse {
+    async fn serve(&self, req: HttpRequest, payload: web::Payload, pattern: &str) -> HttpResponse {
         let path = relay_path(req.path(), pattern);
         let uri = match req.query_string() {
             "" => path.to_owned(),
             query => format!("{path}?{query}"),
         };
         let (body, feed) = request_body(payload);
+        let mut feed = pin!(feed);
+        // A small payload has usually arrived with the head: hand it over before the relay task
+        // starts, so the task finds it instead of waiting to be woken for it.
+        let fed = poll_fn(|cx| Poll::Ready(feed.as_mut().poll(cx).is_ready())).await;
         let mut request = match http_request(&req, &uri, body) {
             Ok(r) => r,
             Err(e) => {
@@ -144,14 +155,21 @@ impl Mount {
                 .extensions_mut()
                 .insert(sub2api_core::layer::auth::ClientAddr(addr));
         }
-        let call = InRuntime::new(
+        let (head, owner) = exchange::start(
             self.app.call_with(request),
-            self.runtime.clone(),
+            &self.runtime,
             self.alive.clone(),
         );
-        let response = drive(call, feed).await;
-        let (parts, body) = response.into_parts();
-        actix_response(parts, InRuntime::new(body, self.runtime, self.alive))
+        let head = if fed {
+            head.await
+        } else {
+            drive(head, feed).await
+        };
+        match head {
+            Ok(head) => actix_response(head, owner),
+            // The relay task did not answer: it panicked, or the relay runtime is gone.
+            Err(_) => HttpResponse::InternalServerError().finish(),
+        }
     }
 }
 
@@ -169,14 +187,14 @@ pub fn scope(path: &str, relay: Relay) -> Scope {
     Mount::new(&relay).scope(path)
 }
 
-/// Polls the relay call while feeding it the request payload, until the response head is ready.
-/// The feed stops with the call: a relay that answered without reading the body (a refusal, a
-/// `GET`) is not kept waiting for a slow client.
-async fn drive<F: Future + Unpin>(mut call: F, feed: impl Future<Output = ()>) -> F::Output {
+/// Waits for the relay's answer while feeding it the request payload. The feed stops with the
+/// answer: a relay that answered without reading the body (a refusal, a `GET`) is not kept waiting
+/// for a slow client.
+async fn drive<F: Future + Unpin>(mut answer: F, feed: impl Future<Output = ()>) -> F::Output {
     tokio::select! {
         biased;
-        out = &mut call => out,
-        () = feed => call.await,
+        out = &mut answer => out,
+        () = feed => answer.await,
     }
 }
 
@@ -227,7 +245,8 @@ fn hop_by_hop(name: &http::HeaderName) -> bool {
     )
 }
 
-fn actix_response(parts: http::response::Parts, body: InRuntime<RelayBody>) -> HttpResponse {
+fn actix_response(head: Head, owner: Owner) -> HttpResponse {
+    let Head { parts, size, body } = head;
     let status =
         StatusCode::from_u16(parts.status.as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut builder = HttpResponse::build(status);
@@ -242,7 +261,7 @@ fn actix_response(parts: http::response::Parts, body: InRuntime<RelayBody>) -> H
             builder.append_header((name, value));
         }
     }
-    builder.body(ResponseBody::new(body))
+    builder.body(ResponseBody::new(size, body, owner))
 }
 
 #[cfg(test)]

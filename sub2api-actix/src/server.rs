@@ -43,9 +43,10 @@ pub struct ActixServer {
 
 /// Serves every relay route on `listener` with 2 workers ([`ServeOptions::default`]).
 ///
-/// The server runs on a thread of its own with its own actix `System`; the relay's background
-/// work runs on the tokio runtime this is called from (or the adapter's shared relay runtime when
-/// called outside one). actix's own signal handling is off: the caller decides when to stop.
+/// The server runs on a thread of its own with its own actix `System`; the relay's work (its
+/// calls, response bodies, drains and settlements) runs on the tokio runtime this is called from
+/// (or the adapter's shared relay runtime when called outside one). actix's own signal handling
+/// is off: the caller decides when to stop.
 pub fn spawn(relay: Relay, listener: TcpListener) -> io::Result<ActixServer> {
     spawn_with(relay, listener, ServeOptions::default())
 }
