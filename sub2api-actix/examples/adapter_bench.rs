@@ -25,11 +25,6 @@
 //! its slices) is steadier than throughput on a shared machine. Every request is billed (memory
 //! ledger, strict holds); the settlements each server counted are checked against its successes.
 
-
-/// The binaries' allocator, for both servers alike.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};

@@ -8,9 +8,6 @@
 //! cargo run -p sub2api-actix -- --config sub2api.toml
 //! ```
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -16,11 +16,6 @@
 //! The modules live in `bench/`; a crate root looks for modules beside itself, hence the
 //! `#[path]` attributes.
 
-/// The same allocator as the `sub2api` binary, for every server the bench runs (relay and proxy
-/// alike).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[path = "bench/child.rs"]
 mod child;
 #[path = "bench/db.rs"]
