@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -26,16 +26,57 @@ pub struct JournalEntry {
 struct State {
     wallets: HashMap<UserId, Balance>,
     holds: HashMap<String, Hold>,
-    settled: HashMap<String, Settlement>,
+    /// Settled request ids and what they were charged, for replays; the oldest are forgotten
+    /// beyond `settled_keep` (see [`MemoryLedger::with_limits`]).
+    settled: HashMap<String, Money>,
+    settled_order: VecDeque<String>,
     credits: HashMap<String, CreditOutcome>,
-    journal: Vec<JournalEntry>,
+    /// The most recent entries; older ones are folded into `folded`.
+    journal: VecDeque<JournalEntry>,
+    /// Per user, the sums `(balance, held)` of the entries folded out of `journal`.
+    folded: HashMap<UserId, (i64, i64)>,
 }
 
 /// A [`Ledger`] in a mutex: every operation is one critical section, which is what makes holds
 /// atomic. Users exist once they have been credited (or explicitly opened).
-#[derive(Default)]
+///
+/// Its memory is bounded, so a long-running relay on the memory backend does not grow with every
+/// request: the journal keeps its most recent entries and folds older ones into per-user sums
+/// (which [`MemoryLedger::verify`] still checks), and replays of a settlement are recognised for
+/// the most recent settlements only (65,536 by default: a settlement is only ever retried by the
+/// request that made it, seconds later). Nothing survives a restart: for durable money use
+/// `sub2api-sqlx`.
 pub struct MemoryLedger {
     state: Mutex<State>,
+    journal_keep: usize,
+    settled_keep: usize,
+}
+
+impl Default for MemoryLedger {
+    fn default() -> Self {
+        Self::with_limits(65_536, 65_536)
+    }
+}
+
+impl State {
+    fn push(&mut self, e: JournalEntry, keep: usize) {
+        self.journal.push_back(e);
+        while self.journal.len() > keep.max(1) {
+            let old = self.journal.pop_front().expect("non-empty");
+            let v = self.folded.entry(old.user_id).or_default();
+            v.0 += old.amount.nanos();
+            v.1 += old.held_delta.nanos();
+        }
+    }
+
+    fn remember_settled(&mut self, request_id: String, charged: Money, keep: usize) {
+        self.settled_order.push_back(request_id.clone());
+        self.settled.insert(request_id, charged);
+        while self.settled_order.len() > keep.max(1) {
+            let old = self.settled_order.pop_front().expect("non-empty");
+            self.settled.remove(&old);
+        }
+    }
 }
 
 impl MemoryLedger {
@@ -43,20 +84,31 @@ impl MemoryLedger {
         Self::default()
     }
 
+    /// A ledger that keeps `journal` recent journal entries and recognises replays of the last
+    /// `settled` settlements.
+    pub fn with_limits(journal: usize, settled: usize) -> Self {
+        MemoryLedger {
+            state: Mutex::default(),
+            journal_keep: journal,
+            settled_keep: settled,
+        }
+    }
+
     /// Opens an empty wallet so holds against it fail with "insufficient" rather than "unknown".
     pub fn open(&self, user: UserId) {
         self.state.lock().unwrap().wallets.entry(user).or_default();
     }
 
+    /// The most recent journal entries (see the type's docs), oldest first.
     pub fn journal(&self) -> Vec<JournalEntry> {
-        self.state.lock().unwrap().journal.clone()
+        self.state.lock().unwrap().journal.iter().cloned().collect()
     }
 
     /// Checks that every balance equals the sum of its journal (and every held amount the sum of
     /// its open holds); returns the users where it does not.
     pub fn verify(&self) -> Vec<UserId> {
         let s = self.state.lock().unwrap();
-        let mut sums: HashMap<UserId, (i64, i64)> = HashMap::new();
+        let mut sums: HashMap<UserId, (i64, i64)> = s.folded.clone();
         for e in &s.journal {
             let v = sums.entry(e.user_id).or_default();
             v.0 += e.amount.nanos();
@@ -98,23 +150,27 @@ impl Ledger for MemoryLedger {
             group_id: req.group_id,
             amount: req.amount,
         };
-        s.journal.push(JournalEntry {
-            user_id: req.user_id,
-            kind: EntryKind::Hold,
-            amount: Money::ZERO,
-            held_delta: req.amount,
-            key: req.request_id.clone(),
-        });
+        s.push(
+            JournalEntry {
+                user_id: req.user_id,
+                kind: EntryKind::Hold,
+                amount: Money::ZERO,
+                held_delta: req.amount,
+                key: req.request_id.clone(),
+            },
+            self.journal_keep,
+        );
         s.holds.insert(req.request_id, hold.clone());
         Ok(hold)
     }
 
     async fn settle(&self, charge: Charge) -> Result<Settlement, LedgerError> {
         let mut s = self.state.lock().unwrap();
-        if let Some(done) = s.settled.get(&charge.request_id) {
+        if let Some(charged) = s.settled.get(&charge.request_id) {
             return Ok(Settlement {
+                request_id: charge.request_id,
+                charged: *charged,
                 replayed: true,
-                ..done.clone()
             });
         }
         let hold = s.holds.remove(&charge.request_id);
@@ -125,20 +181,22 @@ impl Ledger for MemoryLedger {
         let held = hold.as_ref().map(|h| h.amount).unwrap_or(Money::ZERO);
         wallet.held = wallet.held.saturating_sub(held);
         wallet.total = wallet.total.saturating_sub(charge.amount);
-        s.journal.push(JournalEntry {
-            user_id: charge.user_id,
-            kind: EntryKind::Settle,
-            amount: Money::ZERO.saturating_sub(charge.amount),
-            held_delta: Money::ZERO.saturating_sub(held),
-            key: charge.request_id.clone(),
-        });
-        let out = Settlement {
-            request_id: charge.request_id.clone(),
+        s.push(
+            JournalEntry {
+                user_id: charge.user_id,
+                kind: EntryKind::Settle,
+                amount: Money::ZERO.saturating_sub(charge.amount),
+                held_delta: Money::ZERO.saturating_sub(held),
+                key: charge.request_id.clone(),
+            },
+            self.journal_keep,
+        );
+        s.remember_settled(charge.request_id.clone(), charge.amount, self.settled_keep);
+        Ok(Settlement {
+            request_id: charge.request_id,
             charged: charge.amount,
             replayed: false,
-        };
-        s.settled.insert(charge.request_id, out.clone());
-        Ok(out)
+        })
     }
 
     async fn release(&self, hold: &Hold) -> Result<(), LedgerError> {
@@ -149,13 +207,16 @@ impl Ledger for MemoryLedger {
         if let Some(w) = s.wallets.get_mut(&h.user_id) {
             w.held = w.held.saturating_sub(h.amount);
         }
-        s.journal.push(JournalEntry {
-            user_id: h.user_id,
-            kind: EntryKind::Release,
-            amount: Money::ZERO,
-            held_delta: Money::ZERO.saturating_sub(h.amount),
-            key: h.request_id,
-        });
+        s.push(
+            JournalEntry {
+                user_id: h.user_id,
+                kind: EntryKind::Release,
+                amount: Money::ZERO,
+                held_delta: Money::ZERO.saturating_sub(h.amount),
+                key: h.request_id,
+            },
+            self.journal_keep,
+        );
         Ok(())
     }
 
@@ -183,13 +244,16 @@ impl Ledger for MemoryLedger {
             balance: wallet.total,
             replayed: false,
         };
-        s.journal.push(JournalEntry {
-            user_id: credit.user_id,
-            kind: credit.kind,
-            amount: credit.amount,
-            held_delta: Money::ZERO,
-            key: credit.idempotency_key.clone(),
-        });
+        s.push(
+            JournalEntry {
+                user_id: credit.user_id,
+                kind: credit.kind,
+                amount: credit.amount,
+                held_delta: Money::ZERO,
+                key: credit.idempotency_key.clone(),
+            },
+            self.journal_keep,
+        );
         s.credits.insert(credit.idempotency_key, out.clone());
         Ok(out)
     }
@@ -293,5 +357,31 @@ mod tests {
             l.credit(debit).await,
             Err(LedgerError::WouldOverdraw { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn memory_stays_bounded_and_the_books_still_balance() {
+        let l = MemoryLedger::with_limits(16, 8);
+        l.credit(credit(1, 100, "seed")).await.unwrap();
+        for i in 0..100 {
+            let id = format!("r{i}");
+            l.reserve(hold(&id, 1_000)).await.unwrap();
+            let c = Charge {
+                request_id: id,
+                user_id: UserId(1),
+                group_id: GroupId(1),
+                amount: Money::from_nanos(700),
+            };
+            assert!(!l.settle(c.clone()).await.unwrap().replayed);
+            // A replay right away is recognised and moves nothing.
+            assert!(l.settle(c).await.unwrap().replayed);
+        }
+        assert_eq!(l.journal().len(), 16);
+        assert!(l.verify().is_empty(), "folded entries still count");
+        let b = l.balance(UserId(1)).await.unwrap();
+        assert_eq!(b.total, Money::usd(100).saturating_sub(Money::from_nanos(70_000)));
+        assert_eq!(b.held, Money::ZERO);
+        let s = l.state.lock().unwrap();
+        assert_eq!((s.settled.len(), s.settled_order.len()), (8, 8));
     }
 }
