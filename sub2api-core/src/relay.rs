@@ -281,18 +281,11 @@ impl RelayApp {
         let mut this = self.clone();
         Box::pin(async move {
             match this.call(req.map(boxed)).await {
-                Ok(r) if is_event_stream(&r) => r.map(|b| boxed(crate::body::Coalesced::new(b))),
                 Ok(r) => r,
                 Err(never) => match never {},
             }
         })
     }
-}
-
-fn is_event_stream(r: &Response<RelayBody>) -> bool {
-    r.headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }
 
 impl Service<Request<IncomingBody>> for RelayApp {
