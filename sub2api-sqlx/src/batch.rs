@@ -52,8 +52,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::Shared;
 use crate::db::{Conn, Q, Stmt, TxOf};
 use crate::ledger::{
-    HoldRow, in_tx, release_one, release_taken_hold, reserve_one, reserve_tx, settle_tx,
-    take_hold, unavailable, unhold_subscription,
+    HoldRow, in_tx, release_one, release_taken_hold, reserve_one, reserve_tx, settle_tx, take_hold,
+    unavailable, unhold_subscription,
 };
 
 type HoldReply = oneshot::Sender<Result<Hold, LedgerError>>;
@@ -275,8 +275,7 @@ async fn run(
                 Msg::Usage(rows, r) => usage.push((rows, r)),
             }
         }
-        if !holds.is_empty() || !releases.is_empty() || !settles.is_empty() || !usage.is_empty()
-        {
+        if !holds.is_empty() || !releases.is_empty() || !settles.is_empty() || !usage.is_empty() {
             round(
                 &shared,
                 &mut link,
@@ -546,8 +545,7 @@ async fn snapshot(
         if pg {
             st.sql(" ORDER BY user_id FOR UPDATE");
             for r in tx.all(st.q()).await? {
-                snap.wallets
-                    .insert(r.i64("a")?, (r.i64("b")?, r.i64("c")?));
+                snap.wallets.insert(r.i64("a")?, (r.i64("b")?, r.i64("c")?));
             }
         } else {
             parts.push(st);
@@ -613,8 +611,7 @@ fn read_snapshot(snap: &mut Snapshot, rows: Vec<crate::db::Row>) -> Result<(), s
     for r in rows {
         match r.text("t")?.as_str() {
             "w" => {
-                snap.wallets
-                    .insert(r.i64("a")?, (r.i64("b")?, r.i64("c")?));
+                snap.wallets.insert(r.i64("a")?, (r.i64("b")?, r.i64("c")?));
             }
             "g" => {
                 snap.modes
@@ -779,7 +776,8 @@ async fn apply<'h>(
         .map(|c| (c.request_id.as_str(), c.user_id.0))
         .collect();
     let mut snap = snapshot(tx, &users, &groups, &hold_refs, &settle_refs).await?;
-    let mode_of = |modes: &HashMap<i64, BillingMode>, g: i64| modes.get(&g).copied().unwrap_or_default();
+    let mode_of =
+        |modes: &HashMap<i64, BillingMode>, g: i64| modes.get(&g).copied().unwrap_or_default();
 
     // The general paths (groups that bill subscriptions, releases) read and write for themselves;
     // they run first, and the snapshot is read again after them.
@@ -951,15 +949,15 @@ async fn apply<'h>(
 
     Ok((
         (
-        hold_results
-            .into_iter()
-            .map(|r| r.expect("every hold decided"))
-            .collect(),
-        release_results,
-        settle_results
-            .into_iter()
-            .map(|r| r.expect("every settlement decided"))
-            .collect(),
+            hold_results
+                .into_iter()
+                .map(|r| r.expect("every hold decided"))
+                .collect(),
+            release_results,
+            settle_results
+                .into_iter()
+                .map(|r| r.expect("every settlement decided"))
+                .collect(),
         ),
         pending,
     ))
@@ -1090,4 +1088,3 @@ UNION ALL SELECT 'x', h.request_id, h.user_id, h.group_id, h.amount, h.wallet_am
                  h.subscription_id, h.subscription_amount
   FROM json_each($5) AS j JOIN holds AS h
     ON h.request_id = j.value ->> 0 AND h.user_id = j.value ->> 1";
-

@@ -438,7 +438,9 @@ impl TxOf<'_> {
         Ok(match self {
             TxOf::Sqlite(t) => sqlx_query!(q).execute(&mut **t).await?.rows_affected(),
             TxOf::Pg(t) => sqlx_query!(q).execute(&mut **t).await?.rows_affected(),
-            TxOf::SqliteRaw { conn, .. } => sqlx_query!(q).execute(&mut **conn).await?.rows_affected(),
+            TxOf::SqliteRaw { conn, .. } => {
+                sqlx_query!(q).execute(&mut **conn).await?.rows_affected()
+            }
         })
     }
 

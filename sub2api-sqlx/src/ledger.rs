@@ -120,7 +120,10 @@ macro_rules! in_tx {
 pub(crate) use in_tx;
 
 /// Locks and reads the user's wallet: `(balance, held)`.
-pub(crate) async fn lock_wallet(tx: &mut TxOf<'_>, user: i64) -> Result<Option<(i64, i64)>, sqlx::Error> {
+pub(crate) async fn lock_wallet(
+    tx: &mut TxOf<'_>,
+    user: i64,
+) -> Result<Option<(i64, i64)>, sqlx::Error> {
     let sql = if tx.is_pg() {
         "SELECT balance, held FROM wallets WHERE user_id = $1 FOR UPDATE"
     } else {
@@ -177,7 +180,10 @@ pub(crate) async fn take_hold(
 }
 
 /// Takes back the subscription part of a hold from its windows.
-pub(crate) async fn unhold_subscription(tx: &mut TxOf<'_>, hold: &HoldRow) -> Result<(), sqlx::Error> {
+pub(crate) async fn unhold_subscription(
+    tx: &mut TxOf<'_>,
+    hold: &HoldRow,
+) -> Result<(), sqlx::Error> {
     if hold.subscription_amount > 0
         && let Some(sub_id) = hold.subscription_id
         && let Some(mut sub) = load_subscription(tx, sub_id).await?

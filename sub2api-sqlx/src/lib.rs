@@ -52,12 +52,12 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sub2api_core::store::StoreError;
 use tokio::task::JoinHandle;
 
+pub use batch::WriterStats;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use crypto::{CryptoError, MasterKey};
 pub use db::Backend;
 pub use ledger::{LedgerMismatch, SubscriptionHoldMismatch};
 pub use orders::{NewOrder, OrderKind, OrderRecord};
-pub use batch::WriterStats;
 pub use recovery::RecoveryReport;
 pub use redeem::{
     GeneratedCodes, RedeemBatch, RedeemCode, RedeemError, RedeemStatus, RedeemValue, Redeemed,
@@ -292,7 +292,9 @@ impl SqlStore {
         };
         let wal_sync = match &pool {
             Pool::Sqlite(_) if opts.sqlite_full_sync && !is_sqlite_memory(url) => {
-                let file = SqliteConnectOptions::from_str(url)?.get_filename().to_owned();
+                let file = SqliteConnectOptions::from_str(url)?
+                    .get_filename()
+                    .to_owned();
                 let mut wal = file.into_os_string();
                 wal.push("-wal");
                 Some(std::path::PathBuf::from(wal))

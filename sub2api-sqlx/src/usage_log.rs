@@ -158,7 +158,10 @@ async fn write_batch(shared: &Shared, rows: &[UsageRecord]) -> Result<(), sqlx::
 }
 
 /// Inserts usage rows (multi-row statements) in the caller's transaction.
-pub(crate) async fn insert_usage(tx: &mut TxOf<'_>, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
+pub(crate) async fn insert_usage(
+    tx: &mut TxOf<'_>,
+    rows: &[UsageRecord],
+) -> Result<(), sqlx::Error> {
     for st in insert_stmts(tx.is_pg(), rows) {
         tx.exec(st.q()).await?;
     }

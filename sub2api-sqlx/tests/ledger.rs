@@ -548,7 +548,10 @@ async fn books_balance_after_a_random_workload(db: &TestDb) {
         assert_eq!(a.balance(u).await.unwrap().held, Money::ZERO);
     }
     assert_books_balance(&b).await;
-    assert_eq!((a.writer_stats().fallbacks, b.writer_stats().fallbacks), (0, 0));
+    assert_eq!(
+        (a.writer_stats().fallbacks, b.writer_stats().fallbacks),
+        (0, 0)
+    );
     a.close().await;
     b.close().await;
 }

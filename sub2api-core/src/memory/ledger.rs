@@ -379,7 +379,10 @@ mod tests {
         assert_eq!(l.journal().len(), 16);
         assert!(l.verify().is_empty(), "folded entries still count");
         let b = l.balance(UserId(1)).await.unwrap();
-        assert_eq!(b.total, Money::usd(100).saturating_sub(Money::from_nanos(70_000)));
+        assert_eq!(
+            b.total,
+            Money::usd(100).saturating_sub(Money::from_nanos(70_000))
+        );
         assert_eq!(b.held, Money::ZERO);
         let s = l.state.lock().unwrap();
         assert_eq!((s.settled.len(), s.settled_order.len()), (8, 8));
