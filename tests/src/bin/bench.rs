@@ -46,6 +46,7 @@ struct Sections {
     core: bool,
     ledger: bool,
     memory: bool,
+    adapters: bool,
 }
 
 /// Command-line options of the parent (the load generator).
@@ -91,6 +92,7 @@ impl Opts {
                 core: true,
                 ledger: true,
                 memory: true,
+                adapters: true,
             },
             nagle: false,
             users: 1,
@@ -139,17 +141,21 @@ impl Opts {
                 "--pg" => o.pg_url = it.next().ok_or("--pg needs a URL")?.clone(),
                 "--out" => o.out = Some(PathBuf::from(it.next().ok_or("--out needs a file")?)),
                 "--sections" => {
-                    let list = it.next().ok_or("--sections needs core,ledger,memory")?;
+                    let list = it
+                        .next()
+                        .ok_or("--sections needs core,ledger,memory,adapters")?;
                     o.sections = Sections {
                         core: false,
                         ledger: false,
                         memory: false,
+                        adapters: false,
                     };
                     for s in list.split(',') {
                         match s.trim() {
                             "core" => o.sections.core = true,
                             "ledger" => o.sections.ledger = true,
                             "memory" => o.sections.memory = true,
+                            "adapters" => o.sections.adapters = true,
                             other => return Err(format!("--sections: unknown section {other}")),
                         }
                     }
@@ -173,7 +179,7 @@ impl Opts {
 }
 
 const USAGE: &str = "usage: bench [--quick] [--secs S] [--warmup S] [--rounds 3] [--conc 1,16,64] [--ledger-conc 64] \
-[--streams 1000] [--event-delay-ms 500] [--pg URL] [--sections core,ledger,memory] [--nagle] [--users 1] [--out FILE]";
+[--streams 1000] [--event-delay-ms 500] [--pg URL] [--sections core,ledger,memory,adapters] [--nagle] [--users 1] [--out FILE]";
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -214,7 +220,7 @@ async fn run(opts: Opts, args: &[String]) -> Result<(), String> {
         if opts.nagle {
             args.push("--nagle".to_owned());
         }
-        let users = if kind == "relay" {
+        let users = if kind.starts_with("relay") {
             opts.users.max(1)
         } else {
             1
@@ -260,6 +266,35 @@ async fn run(opts: Opts, args: &[String]) -> Result<(), String> {
             }
         }
         report.core_rss = Some((procs::rss(proxy.pid), procs::rss(relay.pid)));
+    }
+
+    if opts.sections.adapters {
+        // The same relay on both adapters (issue "sub2api-actix"): axum as in the core section,
+        // actix with 2 HTTP workers in front of the same 2-worker relay runtime.
+        let axum = spawn("relay-axum".into(), "relay", Some("memory".into())).await?;
+        let actix = spawn("relay-actix".into(), "relay-actix", Some("memory".into())).await?;
+        for mode in [Mode::NonStream, Mode::Stream] {
+            for &c in &opts.conc {
+                let targets = [&Target::of(&axum), &Target::of(&actix)];
+                let [a, x]: [load::Cell; 2] =
+                    load::compare(&client, &targets, mode, c, warmup, cell, opts.rounds)
+                        .await
+                        .try_into()
+                        .expect("two cells");
+                eprintln!(
+                    "bench: adapters {} c={c}: axum {:.0} req/s, actix {:.0} req/s",
+                    mode.name(),
+                    a.rps(),
+                    x.rps()
+                );
+                report.adapters.push(CorePair {
+                    mode,
+                    conc: c,
+                    proxy: a,
+                    relay: x,
+                });
+            }
+        }
     }
 
     if opts.sections.ledger {

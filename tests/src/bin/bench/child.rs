@@ -5,6 +5,7 @@
 //! `127.0.0.1:0`, prints `LISTENING <addr>` on stdout, and serves until its stdin closes (the
 //! parent dropped it, or died) or it is killed.
 //!
+//! - `--child relay-actix --vendor URL [--db …]`: the same relay served by the actix adapter.
 //! - `--child relay --vendor URL --db memory|sqlite://…[#normal]|postgres://…`: the full relay, booted
 //!   through `sub2api_axum::boot` exactly as the end-to-end tests do (4 accounts at the mock,
 //!   a user with 1,000,000 USD, billing on), served by `sub2api_axum::router`. `--users N` seeds
@@ -76,14 +77,30 @@ pub fn main(args: &[String]) -> ExitCode {
         .build()
         .expect("tokio runtime");
     let result = rt.block_on(async {
+        let db = flag("--db").unwrap_or_else(|| "memory".into());
+        let users = flag("--users").and_then(|n| n.parse().ok()).unwrap_or(1);
         let app = match kind {
-            Some("relay") => {
-                let db = flag("--db").unwrap_or_else(|| "memory".into());
-                let users = flag("--users").and_then(|n| n.parse().ok()).unwrap_or(1);
-                relay_app(&vendor, &db, users).await?
+            Some("relay") => sub2api_axum::router(&relay(&vendor, &db, users).await?),
+            Some("relay-actix") => {
+                // The same relay served by the actix adapter: 2 actix workers for HTTP, the relay
+                // on this runtime (it must outlive actix's per-worker runtimes), as the
+                // `sub2api-actix` binary does.
+                let relay = relay(&vendor, &db, users).await?;
+                let listener =
+                    std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+                let options = sub2api_actix::ServeOptions {
+                    workers: 2,
+                    ..Default::default()
+                };
+                let server = sub2api_actix::spawn_with(relay, listener, options)
+                    .map_err(|e| e.to_string())?;
+                announce(server.addr())?;
+                std::future::pending::<()>().await;
+                drop(server);
+                return Ok(());
             }
             Some("proxy") => proxy_app(&vendor),
-            _ => return Err("bench child: relay, proxy or mock".to_owned()),
+            _ => return Err("bench child: relay, relay-actix, proxy or mock".to_owned()),
         };
         serve(app, nagle).await
     });
@@ -101,25 +118,30 @@ async fn serve(app: Router, nagle: bool) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    announce(listener.local_addr().map_err(|e| e.to_string())?)?;
+    crate::net::serve(listener, app, nagle)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Tells the parent where we listen, and exits when it closes our stdin (it is done with us, or
+/// gone).
+fn announce(addr: std::net::SocketAddr) -> Result<(), String> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "LISTENING {addr}")
         .and_then(|()| out.flush())
         .map_err(|e| e.to_string())?;
     drop(out);
-    // The parent holds our stdin; EOF means it is done with us (or gone): exit at once.
     std::thread::spawn(|| {
         let mut stdin = std::io::stdin();
         let mut buf = [0u8; 256];
         while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
         std::process::exit(0);
     });
-    crate::net::serve(listener, app, nagle)
-        .await
-        .map_err(|e| e.to_string())
+    Ok(())
 }
 
-async fn relay_app(vendor: &str, db: &str, users: usize) -> Result<Router, String> {
+async fn relay(vendor: &str, db: &str, users: usize) -> Result<sub2api_core::relay::Relay, String> {
     let spec = Spec {
         accounts: (1..=ACCOUNTS)
             .map(|i| AccountSpec {
@@ -150,10 +172,10 @@ async fn relay_app(vendor: &str, db: &str, users: usize) -> Result<Router, Strin
         config.keys.push(k);
     }
     let booted = boot(config).await.map_err(|e| format!("relay boot: {e}"))?;
-    let app = sub2api_axum::router(&booted.relay);
+    let relay = booted.relay.clone();
     // The child exits by process::exit; keep the store and relay alive until then.
     std::mem::forget(booted);
-    Ok(app)
+    Ok(relay)
 }
 
 #[derive(Clone)]

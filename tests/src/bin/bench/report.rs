@@ -35,6 +35,8 @@ pub struct Report {
     pub core_rss: Option<(Rss, Rss)>,
     pub ledger: Vec<LedgerRow>,
     pub memory: Vec<MemoryRow>,
+    /// axum (`proxy` side) against actix (`relay` side), the same relay behind both.
+    pub adapters: Vec<CorePair>,
     pub notes: Vec<String>,
 }
 
@@ -146,6 +148,7 @@ impl Report {
             core_rss: None,
             ledger: vec![],
             memory: vec![],
+            adapters: vec![],
             notes: vec![],
         }
     }
@@ -227,6 +230,60 @@ impl Report {
                     mb(relay.rss),
                     mb(relay.hwm)
                 );
+            }
+        }
+
+        if !self.adapters.is_empty() {
+            let _ = writeln!(s, "\n## Adapters: actix-web against axum (memory ledger)\n");
+            let _ = writeln!(
+                s,
+                "| cell | axum req/s | actix req/s | actix/axum | axum p50/p99 ms | actix p50/p99 ms | axum CPU µs/req | actix CPU µs/req | CPU actix/axum | errors axum/actix | settled / ok axum, actix |"
+            );
+            let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            for p in &self.adapters {
+                let (a, x) = (&p.proxy, &p.relay);
+                let ratio = x.rps() / a.rps().max(f64::MIN_POSITIVE);
+                let cpu_ratio = match (a.cpu_us(), x.cpu_us()) {
+                    (Some(a), Some(x)) if a > 0.0 => format!("{:.0}%", x / a * 100.0),
+                    _ => "–".into(),
+                };
+                let _ = writeln!(
+                    s,
+                    "| {} c={} | {:.0} | {:.0} | {:.0}% | {} / {} | {} / {} | {} | {} | {} | {}/{} | {}, {} |",
+                    p.mode.name(),
+                    p.conc,
+                    a.rps(),
+                    x.rps(),
+                    ratio * 100.0,
+                    ms(a.pct(50.0)),
+                    ms(a.pct(99.0)),
+                    ms(x.pct(50.0)),
+                    ms(x.pct(99.0)),
+                    cpu(a),
+                    cpu(x),
+                    cpu_ratio,
+                    a.errors,
+                    x.errors,
+                    settled(a),
+                    settled(x)
+                );
+                for (who, c) in [("axum", a), ("actix", x)] {
+                    if let Some(e) = &c.first_error {
+                        errors.push(format!(
+                            "{who} {} c={}: {} errors, first: {e}",
+                            p.mode.name(),
+                            p.conc,
+                            c.errors
+                        ));
+                    }
+                }
+                targets.push(format!(
+                    "actix within 10% of axum ({} c={}): throughput {:.0}% → {}",
+                    p.mode.name(),
+                    p.conc,
+                    ratio * 100.0,
+                    verdict((0.9..=1.1).contains(&ratio))
+                ));
             }
         }
 
