@@ -112,6 +112,16 @@ pub async fn boot(config: Config) -> Result<Booted, BootError> {
 /// [`boot`] with an explicit master key instead of `SUB2API_MASTER_KEY` / the key file (tests and
 /// embedders that manage their own secrets).
 pub async fn boot_with(config: Config, master: Option<MasterKey>) -> Result<Booted, BootError> {
+    // Checked before anything touches the disk.
+    let sqlite_full_sync = match config.sqlite_synchronous.as_deref() {
+        None | Some("full" | "FULL") => true,
+        Some("normal" | "NORMAL") => false,
+        Some(other) => {
+            return Err(BootError::Database(format!(
+                "sqlite_synchronous is \"full\" or \"normal\", not {other:?}"
+            )));
+        }
+    };
     let prices = match &config.pricing_file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -141,15 +151,7 @@ pub async fn boot_with(config: Config, master: Option<MasterKey>) -> Result<Boot
             None => master_key(&data_dir(&url))?,
         };
         let mut opts = StoreOptions::new(key);
-        opts.sqlite_full_sync = match config.sqlite_synchronous.as_deref() {
-            None | Some("full") | Some("FULL") => true,
-            Some("normal") | Some("NORMAL") => false,
-            Some(other) => {
-                return Err(BootError::Database(format!(
-                    "sqlite_synchronous is \"full\" or \"normal\", not {other:?}"
-                )));
-            }
-        };
+        opts.sqlite_full_sync = sqlite_full_sync;
         let store = SqlStore::connect_with(&url, opts)
             .await
             .map_err(|e| BootError::Database(e.to_string()))?;
@@ -316,4 +318,107 @@ pub async fn boot_with(config: Config, master: Option<MasterKey>) -> Result<Boot
         config,
         cluster,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sub2api_core::domain::{GroupId, UserId};
+    use sub2api_core::ledger::{Charge, HoldRequest};
+    use sub2api_core::money::Money;
+
+    fn config(dir: &Path, sync: Option<&str>) -> Config {
+        Config {
+            database_url: Some(format!("sqlite://{}/relay.db", dir.display())),
+            sqlite_synchronous: sync.map(str::to_owned),
+            ..Config::default()
+        }
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "sub2api-boot-{name}-{}-{:x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn an_unknown_sqlite_synchronous_is_refused_before_anything_is_written() {
+        let dir = temp_dir("bad-sync");
+        let key = MasterKey::from_hex(&"11".repeat(32)).unwrap();
+        let err = boot_with(config(&dir, Some("sometimes")), Some(key))
+            .await
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("sqlite_synchronous"), "{err}");
+        assert!(!dir.join("relay.db").exists(), "nothing was created");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn both_synchronous_levels_hold_and_settle_through_the_ledger_writer() {
+        for sync in ["full", "normal"] {
+            let dir = temp_dir(sync);
+            let key = MasterKey::from_hex(&"22".repeat(32)).unwrap();
+            let booted = boot_with(config(&dir, Some(sync)), Some(key))
+                .await
+                .unwrap();
+            let store = booted.store.clone().expect("a SQL store");
+            let user = store
+                .create_user(sub2api_core::api::store::NewUser {
+                    email: format!("{sync}@example.com"),
+                    password_hash: None,
+                    is_admin: false,
+                    limits: Default::default(),
+                })
+                .await
+                .unwrap()
+                .id;
+            credit(&store, user).await;
+            let hold = store
+                .reserve(HoldRequest {
+                    request_id: format!("r-{sync}"),
+                    user_id: user,
+                    group_id: GroupId(1),
+                    amount: Money::usd(1),
+                })
+                .await
+                .unwrap();
+            let s = store
+                .settle(Charge {
+                    request_id: hold.request_id,
+                    user_id: user,
+                    group_id: GroupId(1),
+                    amount: Money::from_nanos(250_000_000),
+                })
+                .await
+                .unwrap();
+            assert!(!s.replayed);
+            let b = store.balance(user).await.unwrap();
+            assert_eq!(
+                (b.total, b.held),
+                (Money::from_nanos(1_750_000_000), Money::ZERO)
+            );
+            assert_eq!(store.writer_stats().fallbacks, 0);
+            assert!(store.verify_ledger().await.unwrap().is_empty());
+            booted.shutdown().await;
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    async fn credit(store: &SqlStore, user: UserId) {
+        store
+            .credit(sub2api_core::ledger::Credit {
+                user_id: user,
+                amount: Money::usd(2),
+                idempotency_key: "seed".into(),
+                kind: sub2api_core::ledger::EntryKind::Credit,
+                memo: String::new(),
+            })
+            .await
+            .unwrap();
+    }
 }
