@@ -1,23 +1,25 @@
-//! Group commit for the ledger's hot path: holds, settlements and releases.
+//! Group commit for the ledger's hot path: holds, settlements, releases (and, on SQLite, usage
+//! log rows).
 //!
 //! Every billed request writes twice: a hold before it goes upstream and a settlement when it
 //! ends. One transaction per write would make the database's commit (an fsync on SQLite, where
 //! one writer at a time is allowed) the relay's throughput limit, and on SQLite many pooled
 //! connections competing for the write lock spend their time in the busy handler's sleeps. So
-//! one background writer per store does all of it: it takes whatever is queued (up to a batch
-//! limit), applies it with a handful of set-based statements whatever the batch size, commits
-//! once, and only then answers each caller through its oneshot. A caller never hears "held" or
-//! "settled" for something that is not committed.
+//! one background writer per store does all of it: each round takes whatever is queued (up to a
+//! batch limit) and applies it in one transaction, settlements first (they free money for the
+//! holds of the same round): a snapshot read of what the round touches, decisions in Rust, then
+//! one write. On SQLite both are fixed statements fed JSON arrays, and `BEGIN`/`COMMIT` ride on
+//! them, so a round is two round trips whatever its size. Each caller is answered only after the
+//! commit: a caller never hears "held" or "settled" for something that is not committed.
 //!
 //! # Durability without holding the lock through an fsync
 //!
-//! A round commits the holds and releases first (their requests are waiting to go upstream),
-//! then the settlements, in separate transactions. Only a settlement must be durable before its
-//! caller hears of it. On a SQLite file with the default `synchronous = FULL`, SQLite would fsync
-//! inside `COMMIT`, holding the database's single write lock, so every hold would queue behind
-//! every settlement's fsync. Instead the writer keeps its own connection at `synchronous =
-//! NORMAL` (safe against a process crash) and a syncer task fsyncs the WAL file after the commit,
-//! once for everything committed since its last sync, and only then answers the settlements'
+//! Only a settlement must be durable before its caller hears of it. On a SQLite file with the
+//! default `synchronous = FULL`, SQLite would fsync inside `COMMIT`, holding the database's
+//! single write lock, so every hold would queue behind every settlement's fsync. Instead the
+//! writer keeps its own connection (and thread) at `synchronous = NORMAL` (safe against a
+//! process crash) and a syncer task fsyncs the WAL file after the commit, once for everything
+//! committed since its last sync, and only then answers the settlements'
 //! callers: the same guarantee (their commit frames are on disk first), with the lock free
 //! meanwhile. A hold or release lost to power loss belonged to a process that died with it, and
 //! recovery gives such holds back anyway (see [`crate::recovery`]). Postgres commits everything
@@ -26,7 +28,7 @@
 //!
 //! # Never overdrawn, never doubled
 //!
-//! Each batch first reads the wallets it touches under the write lock (SQLite's single writer;
+//! Each round first reads the wallets it touches under the write lock (SQLite's single writer;
 //! `SELECT … ORDER BY user_id FOR UPDATE` on Postgres, so concurrent batches of several nodes lock
 //! in one order and cannot deadlock), decides every hold against those balances in arrival order,
 //! and writes the result. Nobody can change those wallets between the read and the write, so a
@@ -35,9 +37,9 @@
 //! by one lookup per batch and answered with the first result).
 //!
 //! Requests in a group that bills subscriptions take the general per-request path
-//! ([`crate::ledger::reserve_tx`], [`crate::ledger::settle_tx`]) inside the same transaction.
-//! If a batch transaction fails, each of its items is retried in its own transaction, so one bad
-//! item cannot fail its neighbours.
+//! (`ledger::reserve_tx`, `ledger::settle_tx`) inside the same transaction.
+//! If a round's transaction fails, each of its items is retried in its own transaction, so one
+//! bad item cannot fail its neighbours (usage rows go back to the usage writer, which retries).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -317,6 +319,11 @@ async fn run(
     }
 }
 
+/// `value` as JSON text, for the JSON array parameters of the SQLite statements.
+fn json_text<T: serde::Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value).expect("plain numbers and strings serialize")
+}
+
 fn sorted_unique(ids: impl Iterator<Item = i64>) -> Vec<i64> {
     let mut v: Vec<i64> = ids.collect();
     v.sort_unstable();
@@ -516,16 +523,13 @@ async fn snapshot(
     hold_refs: &[&str],
     settle_refs: &[(&str, i64)],
 ) -> Result<Snapshot, sqlx::Error> {
-    let pg = tx.is_pg();
     let mut snap = Snapshot::default();
-    if !pg {
-        use serde_json::json;
+    if !tx.is_pg() {
         let q = Q::new(SQLITE_SNAPSHOT)
-            .bind(json!(users).to_string())
-            .bind(json!(groups).to_string())
-            .bind(json!(hold_refs).to_string())
-            .bind(json!(settle_refs.iter().map(|(r, _)| r).collect::<Vec<_>>()).to_string())
-            .bind(json!(settle_refs).to_string());
+            .bind(json_text(users))
+            .bind(json_text(groups))
+            .bind(json_text(hold_refs))
+            .bind(json_text(settle_refs));
         let rows = tx.all(q).await?;
         read_snapshot(&mut snap, rows)?;
         return Ok(snap);
@@ -533,51 +537,46 @@ async fn snapshot(
     const COLS: &str = "CAST(NULL AS TEXT) AS k, CAST(NULL AS BIGINT) AS a, \
         CAST(NULL AS BIGINT) AS b, CAST(NULL AS BIGINT) AS c, CAST(NULL AS BIGINT) AS d, \
         CAST(NULL AS BIGINT) AS e, CAST(NULL AS BIGINT) AS f";
-    let mut parts: Vec<Stmt> = Vec::new();
+    // Postgres from here on.
     if !users.is_empty() {
         let mut st = Stmt::new(
-            pg,
-            "SELECT 'w' AS t, CAST(NULL AS TEXT) AS k, user_id AS a, balance AS b, held AS c, \
-             CAST(NULL AS BIGINT) AS d, CAST(NULL AS BIGINT) AS e, CAST(NULL AS BIGINT) AS f \
-             FROM wallets WHERE user_id IN ",
+            true,
+            "SELECT user_id, balance, held FROM wallets WHERE user_id IN ",
         );
-        st.list(users.iter().copied());
-        if pg {
-            st.sql(" ORDER BY user_id FOR UPDATE");
-            for r in tx.all(st.q()).await? {
-                snap.wallets.insert(r.i64("a")?, (r.i64("b")?, r.i64("c")?));
-            }
-        } else {
-            parts.push(st);
+        st.list(users.iter().copied())
+            .sql(" ORDER BY user_id FOR UPDATE");
+        for r in tx.all(st.q()).await? {
+            snap.wallets
+                .insert(r.i64("user_id")?, (r.i64("balance")?, r.i64("held")?));
         }
     }
+    fn part<A: Into<crate::db::Arg>>(sql: &str, keys: impl IntoIterator<Item = A>) -> Stmt {
+        let mut st = Stmt::new(true, sql);
+        st.list(keys);
+        st
+    }
+    let mut parts: Vec<Stmt> = Vec::new();
     if !groups.is_empty() {
-        let mut st = Stmt::new(
-            pg,
+        parts.push(part(
             "SELECT 'g', billing_mode, id, NULL, NULL, NULL, NULL, NULL FROM groups WHERE id IN ",
-        );
-        st.list(groups.iter().copied());
-        parts.push(st);
+            groups.iter().copied(),
+        ));
     }
     if !hold_refs.is_empty() {
-        let mut st = Stmt::new(
-            pg,
+        parts.push(part(
             "SELECT 'h', ref, NULL, NULL, NULL, NULL, NULL, NULL FROM ledger_entries \
              WHERE kind = 'hold' AND ref IN ",
-        );
-        st.list(hold_refs.iter().copied());
-        parts.push(st);
+            hold_refs.iter().copied(),
+        ));
     }
     if !settle_refs.is_empty() {
-        let mut st = Stmt::new(
-            pg,
+        parts.push(part(
             "SELECT 's', ref, amount, NULL, NULL, NULL, NULL, NULL FROM ledger_entries \
              WHERE kind = 'settle' AND ref IN ",
-        );
-        st.list(settle_refs.iter().map(|(r, _)| *r));
-        parts.push(st);
+            settle_refs.iter().map(|(r, _)| *r),
+        ));
         let mut st = Stmt::new(
-            pg,
+            true,
             "SELECT 'x', request_id, user_id, group_id, amount, wallet_amount, subscription_id, \
              subscription_amount FROM holds WHERE (request_id, user_id) IN (VALUES ",
         );
@@ -596,7 +595,7 @@ async fn snapshot(
     }
     // The first part names and types the columns (Postgres takes a UNION's types from it).
     let mut q = Stmt::new(
-        pg,
+        true,
         &format!("SELECT CAST('-' AS TEXT) AS t, {COLS} WHERE 1 = 0"),
     );
     for p in parts {
@@ -993,7 +992,6 @@ impl Pending<'_> {
     /// arrive as JSON arrays, so SQLite prepares it once per connection instead of parsing a
     /// statement of hundreds of parameters every round.
     fn sqlite(&self, shared: &Shared, now: i64, usage: &[&[UsageRecord]]) -> Q {
-        use serde_json::json;
         let mut deltas: Vec<(i64, i64, i64)> = self
             .deltas
             .iter()
@@ -1001,26 +999,32 @@ impl Pending<'_> {
             .map(|(u, (b, h))| (*u, *b, *h))
             .collect();
         deltas.sort_unstable();
-        let deltas: Vec<_> = deltas.iter().map(|(u, b, h)| json!([u, b, h])).collect();
-        let holds: Vec<_> = self
+        let holds: Vec<(&str, i64, i64, i64)> = self
             .taken
             .iter()
-            .map(|h| json!([h.request_id, h.user_id.0, h.group_id.0, h.amount.nanos()]))
+            .map(|h| {
+                (
+                    h.request_id.as_str(),
+                    h.user_id.0,
+                    h.group_id.0,
+                    h.amount.nanos(),
+                )
+            })
             .collect();
         let entries: Vec<_> = self
             .entries
             .iter()
             .map(|e| {
-                json!([
+                (
                     e.user_id,
                     e.kind,
-                    e.request_id,
+                    e.request_id.as_str(),
                     e.amount,
                     e.balance_delta,
                     e.held_delta,
                     e.balance_after,
-                    e.group_id
-                ])
+                    e.group_id,
+                )
             })
             .collect();
         let rows: Vec<_> = usage
@@ -1029,11 +1033,11 @@ impl Pending<'_> {
             .map(crate::usage_log::json_row)
             .collect();
         Q::new(SQLITE_WRITE)
-            .bind(serde_json::Value::from(self.taken_ids.clone()).to_string())
-            .bind(serde_json::Value::from(deltas).to_string())
-            .bind(serde_json::Value::from(holds).to_string())
-            .bind(serde_json::Value::from(entries).to_string())
-            .bind(serde_json::Value::from(rows).to_string())
+            .bind(json_text(&self.taken_ids))
+            .bind(json_text(&deltas))
+            .bind(json_text(&holds))
+            .bind(json_text(&entries))
+            .bind(json_text(&rows))
             .bind(now)
             .bind(shared.instance_id.as_str())
             .bind(now.saturating_add(shared.hold_ttl_ms))
@@ -1074,7 +1078,7 @@ INSERT INTO usage_log (request_id, user_id, key_id, group_id, account_id, model,
 
 /// A round's [`Snapshot`] on SQLite: the same parts as the Postgres one, in one fixed text
 /// (prepared once) whose keys arrive as JSON arrays: `$1` users, `$2` groups, `$3` hold refs,
-/// `$4` settle refs, `$5` `[request, user]` of the settling requests.
+/// `$4` `[request, user]` of the settling requests.
 const SQLITE_SNAPSHOT: &str = "\
 SELECT 'w' AS t, NULL AS k, user_id AS a, balance AS b, held AS c, NULL AS d, NULL AS e, NULL AS f
   FROM wallets WHERE user_id IN (SELECT value FROM json_each($1))
@@ -1083,8 +1087,8 @@ UNION ALL SELECT 'g', billing_mode, id, NULL, NULL, NULL, NULL, NULL
 UNION ALL SELECT 'h', ref, NULL, NULL, NULL, NULL, NULL, NULL
   FROM ledger_entries WHERE kind = 'hold' AND ref IN (SELECT value FROM json_each($3))
 UNION ALL SELECT 's', ref, amount, NULL, NULL, NULL, NULL, NULL
-  FROM ledger_entries WHERE kind = 'settle' AND ref IN (SELECT value FROM json_each($4))
+  FROM ledger_entries WHERE kind = 'settle' AND ref IN (SELECT value ->> 0 FROM json_each($4))
 UNION ALL SELECT 'x', h.request_id, h.user_id, h.group_id, h.amount, h.wallet_amount,
                  h.subscription_id, h.subscription_amount
-  FROM json_each($5) AS j JOIN holds AS h
+  FROM json_each($4) AS j JOIN holds AS h
     ON h.request_id = j.value ->> 0 AND h.user_id = j.value ->> 1";
