@@ -52,7 +52,8 @@ use sub2api_core::subscription::{BillingMode, split_charge};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Shared;
-use crate::db::{Conn, Q, Stmt, TxOf};
+use crate::db::{Q, Stmt, TxOf};
+use crate::direct::Direct;
 use crate::ledger::{
     HoldRow, in_tx, release_one, release_taken_hold, reserve_one, reserve_tx, settle_tx, take_hold,
     unavailable, unhold_subscription,
@@ -119,12 +120,10 @@ impl Writer {
         let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
         let counters = Arc::new(Counters::default());
         let work = run(shared.clone(), rx, max_batch.max(1), counters.clone());
-        if shared.pin_writer {
-            // On a SQLite file the writer gets a thread of its own: each of its awaits (a hop to
-            // the connection's worker thread) would otherwise wait behind every request task on
-            // the relay's runtime before it resumes, and the writer's rounds are what every
-            // request waits for. Its connection is SQLite's, so no I/O driver ties it to a
-            // runtime.
+        if shared.writer_file.is_some() {
+            // On a SQLite file the writer gets a thread of its own and runs its connection on it
+            // (see `crate::direct`): its rounds are what every request waits for, and they block
+            // in SQLite, so they must not run on (or wait behind) the relay's runtime.
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -211,25 +210,28 @@ impl Writer {
 
 /// The writer's connection: its own on a SQLite file (it runs with `synchronous = NORMAL`, which
 /// must not leak to the pool's other users), the pool's otherwise.
+/// Where a round's transaction runs: the writer's own connection on a SQLite file, the pool
+/// otherwise.
 struct Link {
-    conn: Option<Conn>,
+    conn: Option<Direct>,
 }
 
 impl Link {
     async fn begin<'a>(&'a mut self, shared: &Shared) -> Result<TxOf<'a>, sqlx::Error> {
-        if !shared.pin_writer {
+        let Some(file) = &shared.writer_file else {
             return shared.pool.begin().await;
+        };
+        if self.conn.as_ref().is_some_and(Direct::in_transaction) {
+            // A round failed half-way: its transaction dies with the connection.
+            self.conn = None;
         }
         if self.conn.is_none() {
-            let mut conn = shared.pool.detach().await?;
-            conn.exec("PRAGMA synchronous = NORMAL").await?;
-            // Checkpoints run in the background (see `checkpoint`), not inside this connection's
-            // commits, where every waiting request would sit through them.
-            conn.exec("PRAGMA wal_autocheckpoint = 0").await?;
-            conn.exec("PRAGMA cache_size = -65536").await?;
-            self.conn = Some(conn);
+            self.conn = Some(Direct::open(file, WRITER_BUSY_TIMEOUT)?);
         }
-        self.conn.as_mut().expect("just set").begin_raw().await
+        Ok(TxOf::Direct {
+            conn: self.conn.as_mut().expect("just set"),
+            begun: false,
+        })
     }
 
     /// After a failed transaction: start from a fresh connection next time.
@@ -238,11 +240,12 @@ impl Link {
     }
 
     async fn close(&mut self) {
-        if let Some(c) = self.conn.take() {
-            c.close().await;
-        }
+        self.conn = None;
     }
 }
+
+/// As long as the pool's: another process may hold SQLite's write lock for a while.
+const WRITER_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 async fn run(
     shared: Arc<Shared>,

@@ -18,6 +18,8 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{AssertSqlSafe, Postgres, Row as _, Sqlite};
 
+use crate::direct::Direct;
+
 /// Which database a store talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -114,13 +116,8 @@ impl Q {
         }
     }
 
-    /// The same statement with SQL before and after it (a multi-statement text, SQLite).
-    fn wrap(self, before: &str, after: &str) -> Q {
-        Q {
-            sql: Cow::Owned(format!("{before}{}{after}", self.sql)),
-            args: self.args,
-            persistent: false,
-        }
+    pub(crate) fn into_parts(self) -> (Cow<'static, str>, Vec<Arg>, bool) {
+        (self.sql, self.args, self.persistent)
     }
 
     pub(crate) fn bind(mut self, arg: impl Into<Arg>) -> Q {
@@ -244,12 +241,12 @@ pub(crate) enum Pool {
 pub(crate) enum TxOf<'c> {
     Sqlite(sqlx::Transaction<'c, Sqlite>),
     Pg(sqlx::Transaction<'c, Postgres>),
-    /// A SQLite transaction run by hand on the ledger writer's own connection: `BEGIN IMMEDIATE`
-    /// rides on its first statement and `COMMIT` on its last ([`TxOf::exec_commit`]), saving two
-    /// hops to the connection's worker thread per transaction. Dropped unfinished it leaves the
-    /// connection inside the transaction, so its owner closes the connection on any error.
-    SqliteRaw {
-        conn: &'c mut sqlx::SqliteConnection,
+    /// A SQLite transaction on the ledger writer's own connection, run in place on the writer's
+    /// thread (see [`crate::direct`]). `BEGIN IMMEDIATE` runs before its first statement. Dropped
+    /// unfinished it leaves the connection inside the transaction, so its owner drops the
+    /// connection on any error.
+    Direct {
+        conn: &'c mut Direct,
         begun: bool,
     },
 }
@@ -257,50 +254,11 @@ pub(crate) enum TxOf<'c> {
 /// The transactions of pooled connections, which most of the store uses.
 pub(crate) type Tx = TxOf<'static>;
 
-/// A connection taken out of the pool for good, for the ledger writer: it changes per-connection
-/// settings (SQLite's `synchronous`) that must never leak to other users of the pool.
-pub(crate) enum Conn {
-    Sqlite(sqlx::SqliteConnection),
-    Pg(sqlx::PgConnection),
-}
-
-impl Conn {
-    /// A transaction whose `BEGIN` and `COMMIT` travel with its first and last statements (see
-    /// [`TxOf::SqliteRaw`]); an ordinary one on Postgres.
-    pub(crate) async fn begin_raw(&mut self) -> Result<TxOf<'_>, sqlx::Error> {
-        Ok(match self {
-            Conn::Sqlite(c) => TxOf::SqliteRaw {
-                conn: c,
-                begun: false,
-            },
-            Conn::Pg(c) => {
-                use sqlx::Connection as _;
-                TxOf::Pg(c.begin().await?)
-            }
-        })
-    }
-
-    /// Runs a statement outside any transaction (a per-connection `PRAGMA`).
-    pub(crate) async fn exec(&mut self, sql: &'static str) -> Result<(), sqlx::Error> {
-        match self {
-            Conn::Sqlite(c) => sqlx::query(sql).execute(&mut *c).await.map(|_| ()),
-            Conn::Pg(c) => sqlx::query(sql).execute(&mut *c).await.map(|_| ()),
-        }
-    }
-
-    pub(crate) async fn close(self) {
-        use sqlx::Connection as _;
-        let _ = match self {
-            Conn::Sqlite(c) => c.close().await,
-            Conn::Pg(c) => c.close().await,
-        };
-    }
-}
-
 /// A result row of either backend.
 pub(crate) enum Row {
     Sqlite(SqliteRow),
     Pg(PgRow),
+    Direct(crate::direct::Row),
 }
 
 impl Pool {
@@ -312,14 +270,6 @@ impl Pool {
     }
 
     /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite).
-    /// Takes a connection out of the pool for good (see [`Conn`]).
-    pub(crate) async fn detach(&self) -> Result<Conn, sqlx::Error> {
-        Ok(match self {
-            Pool::Sqlite(p) => Conn::Sqlite(p.acquire().await?.detach()),
-            Pool::Pg(p) => Conn::Pg(p.acquire().await?.detach()),
-        })
-    }
-
     pub(crate) async fn begin(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
             Pool::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
@@ -384,7 +334,7 @@ impl Pool {
 impl TxOf<'_> {
     pub(crate) fn backend(&self) -> Backend {
         match self {
-            TxOf::Sqlite(_) | TxOf::SqliteRaw { .. } => Backend::Sqlite,
+            TxOf::Sqlite(_) | TxOf::Direct { .. } => Backend::Sqlite,
             TxOf::Pg(_) => Backend::Postgres,
         }
     }
@@ -393,85 +343,72 @@ impl TxOf<'_> {
         self.backend() == Backend::Postgres
     }
 
-    /// For a hand-run transaction, puts `BEGIN IMMEDIATE` in front of its first statement.
-    fn first(&mut self, q: Q) -> Q {
-        match self {
-            TxOf::SqliteRaw { begun, .. } if !*begun => {
-                *begun = true;
-                q.wrap("BEGIN IMMEDIATE; ", "")
-            }
-            _ => q,
+    /// On the writer's own connection: `BEGIN IMMEDIATE` before the first statement.
+    fn begin_direct(&mut self) -> Result<(), sqlx::Error> {
+        if let TxOf::Direct { conn, begun } = self
+            && !*begun
+        {
+            conn.run_fixed("BEGIN IMMEDIATE")?;
+            *begun = true;
         }
+        Ok(())
     }
 
     pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
             TxOf::Sqlite(t) => t.commit().await,
             TxOf::Pg(t) => t.commit().await,
-            TxOf::SqliteRaw { begun: false, .. } => Ok(()),
-            TxOf::SqliteRaw { conn, begun: true } => {
-                sqlx::query("COMMIT").execute(&mut *conn).await.map(|_| ())
-            }
+            TxOf::Direct { begun: false, .. } => Ok(()),
+            TxOf::Direct { conn, begun: true } => conn.run_fixed("COMMIT"),
         }
     }
 
-    /// Runs `q` (if any) and commits; on a hand-run SQLite transaction in one round trip.
+    /// Runs `q` (if any) and commits.
     pub(crate) async fn exec_commit(mut self, q: Option<Q>) -> Result<(), sqlx::Error> {
-        match (&mut self, q) {
-            (TxOf::SqliteRaw { .. }, Some(q)) => {
-                let q = self.first(q).wrap("", "; COMMIT");
-                if let TxOf::SqliteRaw { conn, .. } = self {
-                    sqlx_query!(q).execute(&mut *conn).await?;
-                }
-                Ok(())
-            }
-            (_, Some(q)) => {
-                self.exec(q).await?;
-                self.commit().await
-            }
-            (_, None) => self.commit().await,
+        if let Some(q) = q {
+            self.exec(q).await?;
         }
+        self.commit().await
     }
 
     pub(crate) async fn exec(&mut self, q: Q) -> Result<u64, sqlx::Error> {
-        let q = self.first(q);
+        self.begin_direct()?;
         Ok(match self {
             TxOf::Sqlite(t) => sqlx_query!(q).execute(&mut **t).await?.rows_affected(),
             TxOf::Pg(t) => sqlx_query!(q).execute(&mut **t).await?.rows_affected(),
-            TxOf::SqliteRaw { conn, .. } => {
-                sqlx_query!(q).execute(&mut **conn).await?.rows_affected()
-            }
+            TxOf::Direct { conn, .. } => conn.run(q)?.1,
         })
     }
 
     pub(crate) async fn opt(&mut self, q: Q) -> Result<Option<Row>, sqlx::Error> {
-        let q = self.first(q);
+        self.begin_direct()?;
         Ok(match self {
             TxOf::Sqlite(t) => sqlx_query!(q)
                 .fetch_optional(&mut **t)
                 .await?
                 .map(Row::Sqlite),
             TxOf::Pg(t) => sqlx_query!(q).fetch_optional(&mut **t).await?.map(Row::Pg),
-            TxOf::SqliteRaw { conn, .. } => sqlx_query!(q)
-                .fetch_optional(&mut **conn)
-                .await?
-                .map(Row::Sqlite),
+            TxOf::Direct { conn, .. } => conn.run(q)?.0.into_iter().next().map(Row::Direct),
         })
     }
 
     pub(crate) async fn one(&mut self, q: Q) -> Result<Row, sqlx::Error> {
-        let q = self.first(q);
+        self.begin_direct()?;
         Ok(match self {
             TxOf::Sqlite(t) => Row::Sqlite(sqlx_query!(q).fetch_one(&mut **t).await?),
             TxOf::Pg(t) => Row::Pg(sqlx_query!(q).fetch_one(&mut **t).await?),
-            TxOf::SqliteRaw { conn, .. } => {
-                Row::Sqlite(sqlx_query!(q).fetch_one(&mut **conn).await?)
-            }
+            TxOf::Direct { conn, .. } => conn
+                .run(q)?
+                .0
+                .into_iter()
+                .next()
+                .map(Row::Direct)
+                .ok_or(sqlx::Error::RowNotFound)?,
         })
     }
 
     pub(crate) async fn all(&mut self, q: Q) -> Result<Vec<Row>, sqlx::Error> {
-        let q = self.first(q);
+        self.begin_direct()?;
         Ok(match self {
             TxOf::Sqlite(t) => sqlx_query!(q)
                 .fetch_all(&mut **t)
@@ -485,12 +422,7 @@ impl TxOf<'_> {
                 .into_iter()
                 .map(Row::Pg)
                 .collect(),
-            TxOf::SqliteRaw { conn, .. } => sqlx_query!(q)
-                .fetch_all(&mut **conn)
-                .await?
-                .into_iter()
-                .map(Row::Sqlite)
-                .collect(),
+            TxOf::Direct { conn, .. } => conn.run(q)?.0.into_iter().map(Row::Direct).collect(),
         })
     }
 }
@@ -500,6 +432,7 @@ impl Row {
         match self {
             Row::Sqlite(r) => r.try_get(col),
             Row::Pg(r) => r.try_get(col),
+            Row::Direct(r) => r.i64(col),
         }
     }
 
@@ -507,6 +440,7 @@ impl Row {
         match self {
             Row::Sqlite(r) => r.try_get(col),
             Row::Pg(r) => r.try_get(col),
+            Row::Direct(r) => r.opt_i64(col),
         }
     }
 
@@ -514,6 +448,7 @@ impl Row {
         match self {
             Row::Sqlite(r) => r.try_get(col),
             Row::Pg(r) => r.try_get(col),
+            Row::Direct(r) => r.text(col),
         }
     }
 
@@ -521,6 +456,7 @@ impl Row {
         match self {
             Row::Sqlite(r) => r.try_get(col),
             Row::Pg(r) => r.try_get(col),
+            Row::Direct(r) => r.opt_text(col),
         }
     }
 
@@ -528,6 +464,7 @@ impl Row {
         match self {
             Row::Sqlite(r) => r.try_get(col),
             Row::Pg(r) => r.try_get(col),
+            Row::Direct(r) => r.bytes(col),
         }
     }
 
@@ -535,6 +472,7 @@ impl Row {
         match self {
             Row::Sqlite(r) => r.try_get(col),
             Row::Pg(r) => r.try_get(col),
+            Row::Direct(r) => r.bool(col),
         }
     }
 }

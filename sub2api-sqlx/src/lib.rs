@@ -32,6 +32,7 @@ pub mod batch;
 pub mod clock;
 pub mod crypto;
 mod db;
+mod direct;
 pub mod directory;
 pub mod ledger;
 pub mod orders;
@@ -162,9 +163,10 @@ pub(crate) struct Shared {
     /// On a SQLite file with `synchronous = FULL`, the WAL file: the ledger writer commits with
     /// `NORMAL` and fsyncs this file itself before answering settlements (see [`crate::batch`]).
     pub(crate) wal_sync: Option<std::path::PathBuf>,
-    /// A SQLite file: the ledger writer keeps a connection of its own and also writes the usage
-    /// log, so that no two writers of this process meet in SQLite's busy handler (which sleeps).
-    pub(crate) pin_writer: bool,
+    /// A SQLite file: the ledger writer keeps a connection of its own to it (see
+    /// [`crate::direct`]) and also writes the usage log, so that no two writers of this process
+    /// meet in SQLite's busy handler (which sleeps).
+    pub(crate) writer_file: Option<std::path::PathBuf>,
 }
 
 struct Inner {
@@ -301,6 +303,14 @@ impl SqlStore {
             }
             _ => None,
         };
+        let writer_file = match &pool {
+            Pool::Sqlite(_) if !is_sqlite_memory(url) => Some(
+                SqliteConnectOptions::from_str(url)?
+                    .get_filename()
+                    .to_owned(),
+            ),
+            _ => None,
+        };
         let instance_id = opts
             .instance_id
             .clone()
@@ -312,19 +322,19 @@ impl SqlStore {
             instance_id,
             hold_ttl_ms: i64::try_from(opts.hold_ttl.as_millis()).unwrap_or(i64::MAX),
             wal_sync,
-            pin_writer: url.starts_with("sqlite:") && !is_sqlite_memory(url),
+            writer_file,
         });
         let writer = Writer::spawn(shared.clone(), opts.settle_batch);
         let usage = UsageWriter::spawn(
             shared.clone(),
-            shared.pin_writer.then(|| writer.clone()),
+            shared.writer_file.is_some().then(|| writer.clone()),
             opts.usage_batch,
             opts.usage_queue,
         );
         // The ledger writer's connection does not checkpoint (it would stall every waiting
         // request); a pool connection copies the WAL back into the database in the background.
         // PASSIVE never blocks the writer.
-        let checkpointer = shared.pin_writer.then(|| {
+        let checkpointer = shared.writer_file.is_some().then(|| {
             let shared = shared.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_millis(500));
