@@ -52,8 +52,10 @@ use sub2api_core::subscription::{BillingMode, split_charge};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Shared;
-use crate::db::{Q, Stmt, TxOf};
+use crate::db::{Stmt, TxOf};
 use crate::direct::Direct;
+
+mod sqlite;
 use crate::ledger::{
     HoldRow, in_tx, release_one, release_taken_hold, reserve_one, reserve_tx, settle_tx, take_hold,
     unavailable, unhold_subscription,
@@ -122,8 +124,9 @@ impl Writer {
         let work = run(shared.clone(), rx, max_batch.max(1), counters.clone());
         if shared.writer_file.is_some() {
             // On a SQLite file the writer gets a thread of its own and runs its connection on it
-            // (see `crate::direct`): its rounds are what every request waits for, and they block
-            // in SQLite, so they must not run on (or wait behind) the relay's runtime.
+            // (see `crate::direct`): its rounds block in SQLite, so they must not run on the
+            // relay's runtime. (Running them as a task there, next to the requests that wake
+            // them, measured no better.)
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -244,6 +247,9 @@ impl Link {
     }
 }
 
+/// How long usage rows wait for a ledger round to ride with (see [`run`]).
+const USAGE_RIDE_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// As long as the pool's: another process may hold SQLite's write lock for a while.
 const WRITER_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -262,6 +268,19 @@ async fn run(
             match rx.try_recv() {
                 Ok(m) => msgs.push(m),
                 Err(_) => break,
+            }
+        }
+        if msgs.iter().all(|m| matches!(m, Msg::Usage(..))) {
+            // Usage rows alone would cost a commit of their own (one in eight rounds at full
+            // load); they wait a moment for a hold or a settlement to ride with instead.
+            if let Ok(Some(m)) = tokio::time::timeout(USAGE_RIDE_WAIT, rx.recv()).await {
+                msgs.push(m);
+                while msgs.len() < max_batch {
+                    match rx.try_recv() {
+                        Ok(m) => msgs.push(m),
+                        Err(_) => break,
+                    }
+                }
             }
         }
         let mut holds = Vec::new();
@@ -320,11 +339,6 @@ async fn run(
             return;
         }
     }
-}
-
-/// `value` as JSON text, for the JSON array parameters of the SQLite statements.
-fn json_text<T: serde::Serialize + ?Sized>(value: &T) -> String {
-    serde_json::to_string(value).expect("plain numbers and strings serialize")
 }
 
 fn sorted_unique(ids: impl Iterator<Item = i64>) -> Vec<i64> {
@@ -526,24 +540,18 @@ async fn snapshot(
     hold_refs: &[&str],
     settle_refs: &[(&str, i64)],
 ) -> Result<Snapshot, sqlx::Error> {
-    let mut snap = Snapshot::default();
-    if !tx.is_pg() {
-        let q = Q::new(SQLITE_SNAPSHOT)
-            .bind(json_text(users))
-            .bind(json_text(groups))
-            .bind(json_text(hold_refs))
-            .bind(json_text(settle_refs));
-        let rows = tx.all(q).await?;
-        read_snapshot(&mut snap, rows)?;
-        return Ok(snap);
+    if let Some(d) = tx.direct()? {
+        return sqlite::snapshot(d, users, groups, hold_refs, settle_refs);
     }
+    let pg = tx.is_pg();
+    let mut snap = Snapshot::default();
     const COLS: &str = "CAST(NULL AS TEXT) AS k, CAST(NULL AS BIGINT) AS a, \
         CAST(NULL AS BIGINT) AS b, CAST(NULL AS BIGINT) AS c, CAST(NULL AS BIGINT) AS d, \
         CAST(NULL AS BIGINT) AS e, CAST(NULL AS BIGINT) AS f";
-    // Postgres from here on.
-    if !users.is_empty() {
+    let mut parts: Vec<Stmt> = Vec::new();
+    if !users.is_empty() && pg {
         let mut st = Stmt::new(
-            true,
+            pg,
             "SELECT user_id, balance, held FROM wallets WHERE user_id IN ",
         );
         st.list(users.iter().copied())
@@ -553,33 +561,40 @@ async fn snapshot(
                 .insert(r.i64("user_id")?, (r.i64("balance")?, r.i64("held")?));
         }
     }
-    fn part<A: Into<crate::db::Arg>>(sql: &str, keys: impl IntoIterator<Item = A>) -> Stmt {
-        let mut st = Stmt::new(true, sql);
+    let part = |sql: &str, keys: &mut dyn Iterator<Item = crate::db::Arg>| {
+        let mut st = Stmt::new(pg, sql);
         st.list(keys);
         st
+    };
+    if !users.is_empty() && !pg {
+        // SQLite (in memory) has a single writer: no lock to take, the wallets are one more part.
+        parts.push(part(
+            "SELECT 'w', NULL, user_id, balance, held, NULL, NULL, NULL FROM wallets \
+             WHERE user_id IN ",
+            &mut users.iter().map(|&u| u.into()),
+        ));
     }
-    let mut parts: Vec<Stmt> = Vec::new();
     if !groups.is_empty() {
         parts.push(part(
             "SELECT 'g', billing_mode, id, NULL, NULL, NULL, NULL, NULL FROM groups WHERE id IN ",
-            groups.iter().copied(),
+            &mut groups.iter().map(|&g| g.into()),
         ));
     }
     if !hold_refs.is_empty() {
         parts.push(part(
             "SELECT 'h', ref, NULL, NULL, NULL, NULL, NULL, NULL FROM ledger_entries \
              WHERE kind = 'hold' AND ref IN ",
-            hold_refs.iter().copied(),
+            &mut hold_refs.iter().map(|&r| r.into()),
         ));
     }
     if !settle_refs.is_empty() {
         parts.push(part(
             "SELECT 's', ref, amount, NULL, NULL, NULL, NULL, NULL FROM ledger_entries \
              WHERE kind = 'settle' AND ref IN ",
-            settle_refs.iter().map(|(r, _)| *r),
+            &mut settle_refs.iter().map(|&(r, _)| r.into()),
         ));
         let mut st = Stmt::new(
-            true,
+            pg,
             "SELECT 'x', request_id, user_id, group_id, amount, wallet_amount, subscription_id, \
              subscription_amount FROM holds WHERE (request_id, user_id) IN (VALUES ",
         );
@@ -598,7 +613,7 @@ async fn snapshot(
     }
     // The first part names and types the columns (Postgres takes a UNION's types from it).
     let mut q = Stmt::new(
-        true,
+        pg,
         &format!("SELECT CAST('-' AS TEXT) AS t, {COLS} WHERE 1 = 0"),
     );
     for p in parts {
@@ -678,21 +693,20 @@ async fn round(
     let r: Result<RoundResults, sqlx::Error> = async {
         let mut tx = link.begin(shared).await?;
         let (out, pending) = apply(&mut tx, shared, &reqs, &rels, &charges, now).await?;
-        if tx.is_pg() {
-            // One statement per message on Postgres.
-            let mut writes = pending.stmts(shared, now);
-            for (rows, _) in &usage {
-                writes.extend(crate::usage_log::insert_stmts(true, rows));
+        let rows: Vec<&[UsageRecord]> = usage.iter().map(|(r, _)| r.as_slice()).collect();
+        if let Some(d) = tx.direct()? {
+            sqlite::write(d, &pending, shared, now, &rows)?;
+            tx.commit().await?;
+        } else {
+            let pg = tx.is_pg();
+            let mut writes = pending.stmts(pg, shared, now);
+            for rows in rows {
+                writes.extend(crate::usage_log::insert_stmts(pg, rows));
             }
-            let last = writes.pop();
             for st in writes {
                 tx.exec(st.q()).await?;
             }
-            tx.exec_commit(last.map(Stmt::q)).await?;
-        } else {
-            let rows: Vec<&[UsageRecord]> = usage.iter().map(|(r, _)| r.as_slice()).collect();
-            tx.exec_commit(Some(pending.sqlite(shared, now, &rows)))
-                .await?;
+            tx.commit().await?;
         }
         Ok(out)
     }
@@ -976,9 +990,8 @@ struct Pending<'h> {
 }
 
 impl Pending<'_> {
-    /// The writes as statements sized to the batch (Postgres).
-    fn stmts(&self, shared: &Shared, now: i64) -> Vec<Stmt> {
-        let pg = true;
+    /// The writes as statements sized to the batch (Postgres; SQLite in memory).
+    fn stmts(&self, pg: bool, shared: &Shared, now: i64) -> Vec<Stmt> {
         let mut writes = Vec::new();
         if !self.taken_ids.is_empty() {
             let mut st = Stmt::new(pg, "DELETE FROM holds WHERE request_id IN ");
@@ -990,108 +1003,4 @@ impl Pending<'_> {
         writes.extend(insert_entries(pg, &self.entries, now));
         writes
     }
-
-    /// The writes (and the round's usage rows) as [`SQLITE_WRITE`]: one fixed text whose rows
-    /// arrive as JSON arrays, so SQLite prepares it once per connection instead of parsing a
-    /// statement of hundreds of parameters every round.
-    fn sqlite(&self, shared: &Shared, now: i64, usage: &[&[UsageRecord]]) -> Q {
-        let mut deltas: Vec<(i64, i64, i64)> = self
-            .deltas
-            .iter()
-            .filter(|(_, d)| **d != (0, 0))
-            .map(|(u, (b, h))| (*u, *b, *h))
-            .collect();
-        deltas.sort_unstable();
-        let holds: Vec<(&str, i64, i64, i64)> = self
-            .taken
-            .iter()
-            .map(|h| {
-                (
-                    h.request_id.as_str(),
-                    h.user_id.0,
-                    h.group_id.0,
-                    h.amount.nanos(),
-                )
-            })
-            .collect();
-        let entries: Vec<_> = self
-            .entries
-            .iter()
-            .map(|e| {
-                (
-                    e.user_id,
-                    e.kind,
-                    e.request_id.as_str(),
-                    e.amount,
-                    e.balance_delta,
-                    e.held_delta,
-                    e.balance_after,
-                    e.group_id,
-                )
-            })
-            .collect();
-        let rows: Vec<_> = usage
-            .iter()
-            .flat_map(|rows| rows.iter())
-            .map(crate::usage_log::json_row)
-            .collect();
-        Q::new(SQLITE_WRITE)
-            .bind(json_text(&self.taken_ids))
-            .bind(json_text(&deltas))
-            .bind(json_text(&holds))
-            .bind(json_text(&entries))
-            .bind(json_text(&rows))
-            .bind(now)
-            .bind(shared.instance_id.as_str())
-            .bind(now.saturating_add(shared.hold_ttl_ms))
-    }
 }
-
-/// A round's writes on SQLite (see [`Pending::sqlite`]). `$1` taken hold ids, `$2` wallet
-/// deltas `[user, balance, held]`, `$3` new holds `[request, user, group, amount]`, `$4` journal
-/// rows, `$5` usage rows, `$6` now, `$7` this instance, `$8` the holds' expiry. `WHERE true`
-/// tells SQLite's parser that `ON CONFLICT` belongs to the `INSERT`, not to the `SELECT`.
-///
-/// Parameters are named `$n`, not `?n`: a statement of a multi-statement text that skips a
-/// numbered `?n` has unnamed slots, which sqlx binds as if positional, running past the arguments
-/// and leaving the later parameters NULL.
-const SQLITE_WRITE: &str = "\
-DELETE FROM holds WHERE request_id IN (SELECT value FROM json_each($1));
-UPDATE wallets SET balance = balance + d.b, held = held + d.h, updated_at = $6
-  FROM (SELECT value ->> 0 AS u, value ->> 1 AS b, value ->> 2 AS h FROM json_each($2)) AS d
-  WHERE wallets.user_id = d.u;
-INSERT INTO holds (request_id, user_id, group_id, amount, wallet_amount, subscription_amount,
-                   instance_id, created_at, expires_at)
-  SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 3, 0, $7, $6, $8
-  FROM json_each($3);
-INSERT INTO ledger_entries (user_id, kind, ref, amount, balance_delta, held_delta, balance_after,
-                            group_id, subscription_amount, memo, created_at)
-  SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
-         value ->> 6, value ->> 7, 0, '', $6
-  FROM json_each($4) ORDER BY key;
-INSERT INTO usage_log (request_id, user_id, key_id, group_id, account_id, model, input_tokens,
-                       output_tokens, cache_creation_5m_tokens, cache_creation_1h_tokens,
-                       cache_read_tokens, web_search_requests, cost, stream, ending, duration_ms,
-                       created_at)
-  SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
-         value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11,
-         value ->> 12, value ->> 13, value ->> 14, value ->> 15, value ->> 16
-  FROM json_each($5) WHERE true
-  ON CONFLICT (request_id) DO NOTHING";
-
-/// A round's [`Snapshot`] on SQLite: the same parts as the Postgres one, in one fixed text
-/// (prepared once) whose keys arrive as JSON arrays: `$1` users, `$2` groups, `$3` hold refs,
-/// `$4` `[request, user]` of the settling requests.
-const SQLITE_SNAPSHOT: &str = "\
-SELECT 'w' AS t, NULL AS k, user_id AS a, balance AS b, held AS c, NULL AS d, NULL AS e, NULL AS f
-  FROM wallets WHERE user_id IN (SELECT value FROM json_each($1))
-UNION ALL SELECT 'g', billing_mode, id, NULL, NULL, NULL, NULL, NULL
-  FROM groups WHERE id IN (SELECT value FROM json_each($2))
-UNION ALL SELECT 'h', ref, NULL, NULL, NULL, NULL, NULL, NULL
-  FROM ledger_entries WHERE kind = 'hold' AND ref IN (SELECT value FROM json_each($3))
-UNION ALL SELECT 's', ref, amount, NULL, NULL, NULL, NULL, NULL
-  FROM ledger_entries WHERE kind = 'settle' AND ref IN (SELECT value ->> 0 FROM json_each($4))
-UNION ALL SELECT 'x', h.request_id, h.user_id, h.group_id, h.amount, h.wallet_amount,
-                 h.subscription_id, h.subscription_amount
-  FROM json_each($4) AS j JOIN holds AS h
-    ON h.request_id = j.value ->> 0 AND h.user_id = j.value ->> 1";

@@ -343,6 +343,15 @@ impl TxOf<'_> {
         self.backend() == Backend::Postgres
     }
 
+    /// The writer's own connection, inside the transaction (begun if it was not yet).
+    pub(crate) fn direct(&mut self) -> Result<Option<&mut Direct>, sqlx::Error> {
+        self.begin_direct()?;
+        Ok(match self {
+            TxOf::Direct { conn, .. } => Some(conn),
+            _ => None,
+        })
+    }
+
     /// On the writer's own connection: `BEGIN IMMEDIATE` before the first statement.
     fn begin_direct(&mut self) -> Result<(), sqlx::Error> {
         if let TxOf::Direct { conn, begun } = self
@@ -361,14 +370,6 @@ impl TxOf<'_> {
             TxOf::Direct { begun: false, .. } => Ok(()),
             TxOf::Direct { conn, begun: true } => conn.run_fixed("COMMIT"),
         }
-    }
-
-    /// Runs `q` (if any) and commits.
-    pub(crate) async fn exec_commit(mut self, q: Option<Q>) -> Result<(), sqlx::Error> {
-        if let Some(q) = q {
-            self.exec(q).await?;
-        }
-        self.commit().await
     }
 
     pub(crate) async fn exec(&mut self, q: Q) -> Result<u64, sqlx::Error> {

@@ -120,6 +120,10 @@ impl Direct {
         Ok((rows, changed))
     }
 
+    pub(crate) fn conn(&self) -> &rusqlite::Connection {
+        &self.conn
+    }
+
     /// Whether a transaction is open (an unfinished round left one behind).
     pub(crate) fn in_transaction(&self) -> bool {
         !self.conn.is_autocommit()
@@ -136,7 +140,7 @@ fn owned(v: ValueRef<'_>) -> Value {
     }
 }
 
-fn value_of(arg: &Arg) -> Value {
+pub(crate) fn value_of(arg: &Arg) -> Value {
     match arg {
         Arg::I64(v) => Value::Integer(*v),
         Arg::OptI64(v) => v.map_or(Value::Null, Value::Integer),
@@ -283,7 +287,7 @@ impl DatabaseError for DirectError {
     }
 }
 
-fn error(e: rusqlite::Error) -> sqlx::Error {
+pub(crate) fn error(e: rusqlite::Error) -> sqlx::Error {
     match e {
         rusqlite::Error::SqliteFailure(f, message) => {
             sqlx::Error::Database(Box::new(DirectError {
