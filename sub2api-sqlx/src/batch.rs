@@ -52,7 +52,7 @@ use sub2api_core::subscription::{BillingMode, split_charge};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Shared;
-use crate::db::{Stmt, TxOf};
+use crate::db::{Q, Stmt, TxOf};
 use crate::direct::Direct;
 
 mod sqlite;
@@ -73,6 +73,9 @@ enum Msg {
     Barrier(oneshot::Sender<()>),
     /// Like a barrier, then the writer closes its connection and stops.
     Close(oneshot::Sender<()>),
+    /// Copy what is left of the WAL into the database after this round (see
+    /// [`crate::checkpoint`]).
+    Checkpoint,
     /// Usage log rows (see [`crate::usage_log`]); answered with the rows back on failure so the
     /// usage writer can retry them.
     Usage(Vec<UsageRecord>, UsageReply),
@@ -193,6 +196,11 @@ impl Writer {
             .unwrap_or_else(|_| (Err(sqlx::Error::PoolClosed), Vec::new()))
     }
 
+    /// Asks the writer to finish a WAL checkpoint between two rounds (see [`crate::checkpoint`]).
+    pub(crate) async fn finish_checkpoint(&self) {
+        let _ = self.tx.send(Msg::Checkpoint).await;
+    }
+
     /// Waits until every write queued so far has committed.
     pub(crate) async fn drain(&self) {
         let (reply, rx) = oneshot::channel();
@@ -288,6 +296,7 @@ async fn run(
         let mut settles = Vec::new();
         let mut barriers = Vec::new();
         let mut close = None;
+        let mut checkpoint = false;
         let mut usage = Vec::new();
         for m in msgs.drain(..) {
             match m {
@@ -296,6 +305,7 @@ async fn run(
                 Msg::Release(h, r) => releases.push((h, r)),
                 Msg::Barrier(b) => barriers.push(b),
                 Msg::Close(b) => close = Some(b),
+                Msg::Checkpoint => checkpoint = true,
                 Msg::Usage(rows, r) => usage.push((rows, r)),
             }
         }
@@ -313,6 +323,11 @@ async fn run(
                 },
             )
             .await;
+        }
+        if checkpoint && let Some(d) = link.conn.as_mut() {
+            if let Err(e) = d.run(Q::new("PRAGMA wal_checkpoint(PASSIVE)")) {
+                tracing::warn!(error = %e, "WAL checkpoint by the ledger writer failed");
+            }
         }
         for b in barriers {
             match &syncer {

@@ -29,6 +29,7 @@
 
 pub mod admin;
 pub mod batch;
+mod checkpoint;
 pub mod clock;
 pub mod crypto;
 mod db;
@@ -331,26 +332,11 @@ impl SqlStore {
             opts.usage_batch,
             opts.usage_queue,
         );
-        // The ledger writer's connection does not checkpoint (it would stall every waiting
-        // request); a pool connection copies the WAL back into the database in the background.
-        // PASSIVE never blocks the writer.
-        let checkpointer = shared.writer_file.is_some().then(|| {
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(500));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    if let Err(e) = shared
-                        .pool
-                        .exec(db::Q::new("PRAGMA wal_checkpoint(PASSIVE)"))
-                        .await
-                    {
-                        tracing::warn!(error = %e, "WAL checkpoint failed");
-                    }
-                }
-            })
-        });
+        // The WAL is copied back into the database in the background (see `checkpoint`).
+        let checkpointer = shared
+            .writer_file
+            .is_some()
+            .then(|| checkpoint::spawn(shared.clone(), writer.clone()));
         let sweeper = opts.sweep_interval.map(|every| {
             let shared = shared.clone();
             tokio::spawn(async move {
