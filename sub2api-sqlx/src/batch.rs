@@ -124,7 +124,7 @@ impl Writer {
     pub(crate) fn spawn(shared: Arc<Shared>, max_batch: usize) -> Writer {
         let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
         let counters = Arc::new(Counters::default());
-        let work = run(shared.clone(), rx, max_batch.max(1), counters.clone());
+        let (max_batch, counters_in) = (max_batch.max(1), counters.clone());
         if shared.writer_file.is_some() {
             // On a SQLite file the writer gets a thread of its own and runs its connection on it
             // (see `crate::direct`): its rounds block in SQLite, so they must not run on the
@@ -136,10 +136,10 @@ impl Writer {
                 .expect("a runtime for the ledger writer");
             std::thread::Builder::new()
                 .name("sub2api-ledger".into())
-                .spawn(move || rt.block_on(work))
+                .spawn(move || run_on_thread(rt, shared, rx, max_batch, counters_in))
                 .expect("a thread for the ledger writer");
         } else {
-            tokio::spawn(work);
+            tokio::spawn(run(shared, rx, max_batch, counters_in));
         }
         Writer { tx, counters }
     }
@@ -261,16 +261,71 @@ const USAGE_RIDE_WAIT: std::time::Duration = std::time::Duration::from_millis(5)
 /// As long as the pool's: another process may hold SQLite's write lock for a while.
 const WRITER_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// What the writer keeps from one round to the next.
+struct State {
+    shared: Arc<Shared>,
+    link: Link,
+    syncer: Option<Syncer>,
+    counters: Arc<Counters>,
+    msgs: Vec<Msg>,
+    max_batch: usize,
+}
+
+/// The writer as a task of the relay's runtime (Postgres, SQLite in memory).
 async fn run(
     shared: Arc<Shared>,
     mut rx: mpsc::Receiver<Msg>,
     max_batch: usize,
     counters: Arc<Counters>,
 ) {
-    let mut link = Link { conn: None };
-    let syncer = shared.wal_sync.clone().map(Syncer::spawn);
-    let mut msgs = Vec::with_capacity(max_batch);
+    let mut state = State::new(shared, max_batch, counters);
     while let Some(first) = rx.recv().await {
+        if !state.step(first, &mut rx).await {
+            return;
+        }
+    }
+}
+
+/// The writer on a thread of its own (a SQLite file): between rounds it sleeps in the channel
+/// (a futex), not in a runtime's I/O driver, and `rt` only drives a round's few awaits.
+fn run_on_thread(
+    rt: tokio::runtime::Runtime,
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Msg>,
+    max_batch: usize,
+    counters: Arc<Counters>,
+) {
+    let mut state = State::new(shared, max_batch, counters);
+    while let Some(first) = rx.blocking_recv() {
+        if !rt.block_on(state.step(first, &mut rx)) {
+            return;
+        }
+    }
+}
+
+impl State {
+    fn new(shared: Arc<Shared>, max_batch: usize, counters: Arc<Counters>) -> State {
+        State {
+            syncer: shared.wal_sync.clone().map(Syncer::spawn),
+            shared,
+            link: Link { conn: None },
+            counters,
+            msgs: Vec::with_capacity(max_batch),
+            max_batch,
+        }
+    }
+
+    /// One round: `first` and whatever is queued behind it. False once the writer has closed.
+    async fn step(&mut self, first: Msg, rx: &mut mpsc::Receiver<Msg>) -> bool {
+        let State {
+            shared,
+            link,
+            syncer,
+            counters,
+            msgs,
+            max_batch,
+        } = self;
+        let (shared, max_batch) = (&**shared, *max_batch);
         msgs.push(first);
         while msgs.len() < max_batch {
             match rx.try_recv() {
@@ -311,9 +366,9 @@ async fn run(
         }
         if !holds.is_empty() || !releases.is_empty() || !settles.is_empty() || !usage.is_empty() {
             round(
-                &shared,
-                &mut link,
-                &counters,
+                shared,
+                link,
+                counters,
                 syncer.as_ref(),
                 Round {
                     holds,
@@ -330,7 +385,7 @@ async fn run(
             }
         }
         for b in barriers {
-            match &syncer {
+            match &*syncer {
                 // Answered once the settlements before it are durable.
                 Some(s) => s.barrier(b).await,
                 None => {
@@ -340,7 +395,7 @@ async fn run(
         }
         if let Some(b) = close {
             link.close().await;
-            if let Some(s) = &syncer {
+            if let Some(s) = &*syncer {
                 let (tx, rx) = oneshot::channel();
                 s.barrier(tx).await;
                 let _ = rx.await;
@@ -351,8 +406,9 @@ async fn run(
                 drop(m);
             }
             let _ = b.send(());
-            return;
+            return false;
         }
+        true
     }
 }
 
@@ -383,38 +439,42 @@ enum SyncMsg {
 impl Syncer {
     fn spawn(wal: std::path::PathBuf) -> Syncer {
         let (tx, mut rx) = mpsc::unbounded_channel::<SyncMsg>();
-        tokio::spawn(async move {
-            let mut msgs = Vec::new();
-            while rx.recv_many(&mut msgs, usize::MAX).await > 0 {
-                let wal = wal.clone();
-                let synced = tokio::task::spawn_blocking(move || {
-                    std::fs::File::open(&wal).and_then(|f| f.sync_data())
-                })
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-                if let Err(e) = &synced {
-                    tracing::error!(error = %e, "fsync of the SQLite WAL failed; settlements are committed but may not survive power loss");
-                }
-                for m in msgs.drain(..) {
-                    match m {
-                        SyncMsg::Settled(answers) => {
-                            for (reply, r) in answers {
-                                let r = match (&synced, r) {
-                                    (Err(e), Ok(_)) => Err(LedgerError::Unavailable(format!(
-                                        "the settlement committed but could not be made durable: {e}"
-                                    ))),
-                                    (_, r) => r,
-                                };
-                                let _ = reply.send(r);
+        // A thread of its own: the fsync blocks, and the writer's runtime only runs during its
+        // rounds.
+        std::thread::Builder::new()
+            .name("sub2api-walsync".into())
+            .spawn(move || {
+                let mut msgs = Vec::new();
+                while let Some(m) = rx.blocking_recv() {
+                    msgs.push(m);
+                    while let Ok(m) = rx.try_recv() {
+                        msgs.push(m);
+                    }
+                    let synced = std::fs::File::open(&wal).and_then(|f| f.sync_data());
+                    if let Err(e) = &synced {
+                        tracing::error!(error = %e, "fsync of the SQLite WAL failed; settlements are committed but may not survive power loss");
+                    }
+                    for m in msgs.drain(..) {
+                        match m {
+                            SyncMsg::Settled(answers) => {
+                                for (reply, r) in answers {
+                                    let r = match (&synced, r) {
+                                        (Err(e), Ok(_)) => Err(LedgerError::Unavailable(format!(
+                                            "the settlement committed but could not be made durable: {e}"
+                                        ))),
+                                        (_, r) => r,
+                                    };
+                                    let _ = reply.send(r);
+                                }
                             }
-                        }
-                        SyncMsg::Barrier(b) => {
-                            let _ = b.send(());
+                            SyncMsg::Barrier(b) => {
+                                let _ = b.send(());
+                            }
                         }
                     }
                 }
-            }
-        });
+            })
+            .expect("a thread for the WAL syncer");
         Syncer { tx }
     }
 
