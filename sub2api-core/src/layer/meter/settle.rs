@@ -14,7 +14,7 @@ use super::MeterSettings;
 
 /// One response's settlement: prices the metered usage, charges it once, logs it.
 pub struct Settler {
-    settings: MeterSettings,
+    settings: Arc<MeterSettings>,
     ctx: RelayRequest,
     principal: Principal,
     account: Option<AccountId>,
@@ -26,7 +26,7 @@ pub struct Settler {
 
 impl Settler {
     pub fn new(
-        settings: MeterSettings,
+        settings: Arc<MeterSettings>,
         ctx: RelayRequest,
         principal: Principal,
         account: Option<AccountId>,
