@@ -8,9 +8,11 @@
 //! one background writer per store does all of it: each round takes whatever is queued (up to a
 //! batch limit) and applies it in one transaction, settlements first (they free money for the
 //! holds of the same round): a snapshot read of what the round touches, decisions in Rust, then
-//! one write. On SQLite both are fixed statements fed JSON arrays, and `BEGIN`/`COMMIT` ride on
-//! them, so a round is two round trips whatever its size. Each caller is answered only after the
-//! commit: a caller never hears "held" or "settled" for something that is not committed.
+//! the writes. On Postgres those are a few set-based statements sized to the batch; on a SQLite
+//! file the writer runs its own connection in place (see [`crate::direct`]), where a statement
+//! costs no round trip, so they are cached one-row statements ([`sqlite`]). Each caller is answered
+//! only after the commit: a caller never hears "held" or "settled" for something that is not
+//! committed.
 //!
 //! # Durability without holding the lock through an fsync
 //!
