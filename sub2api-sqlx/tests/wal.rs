@@ -9,12 +9,36 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Kind, TestDb, assert_books_balance, funded_user, group, usd};
+use sub2api_core::domain::{GroupId, UserId};
 use sub2api_core::ledger::{Charge, HoldRequest, Ledger};
+use sub2api_sqlx::SqlStore;
 
 /// The WAL header's checkpoint sequence number: SQLite adds one each time the log starts over.
 fn wal_restarts(wal: &std::path::Path) -> Option<u32> {
     let bytes = std::fs::read(wal).ok()?;
     Some(u32::from_be_bytes(bytes.get(12..16)?.try_into().ok()?))
+}
+
+/// What one billed request asks of the ledger: a hold, then its settlement.
+async fn billed_request(store: &SqlStore, user: UserId, group: GroupId, id: String) {
+    let hold = store
+        .reserve(HoldRequest {
+            request_id: id,
+            user_id: user,
+            group_id: group,
+            amount: usd("0.01"),
+        })
+        .await
+        .unwrap();
+    store
+        .settle(Charge {
+            request_id: hold.request_id,
+            user_id: user,
+            group_id: group,
+            amount: usd("0.005"),
+        })
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,25 +59,7 @@ async fn the_wal_starts_over_under_steady_writes() {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
-                    let id = format!("wal-{w}-{n}");
-                    let hold = store
-                        .reserve(HoldRequest {
-                            request_id: id,
-                            user_id: user,
-                            group_id: g,
-                            amount: usd("0.01"),
-                        })
-                        .await
-                        .unwrap();
-                    store
-                        .settle(Charge {
-                            request_id: hold.request_id,
-                            user_id: user,
-                            group_id: g,
-                            amount: usd("0.005"),
-                        })
-                        .await
-                        .unwrap();
+                    billed_request(&store, user, g, format!("wal-{w}-{n}")).await;
                 }
             })
         })
@@ -66,25 +72,7 @@ async fn the_wal_starts_over_under_steady_writes() {
     let mut n = 0u64;
     loop {
         n += 1;
-        let id = format!("probe-{n}");
-        let hold = store
-            .reserve(HoldRequest {
-                request_id: id,
-                user_id: user,
-                group_id: g,
-                amount: usd("0.01"),
-            })
-            .await
-            .unwrap();
-        store
-            .settle(Charge {
-                request_id: hold.request_id,
-                user_id: user,
-                group_id: g,
-                amount: usd("0.005"),
-            })
-            .await
-            .unwrap();
+        billed_request(&store, user, g, format!("probe-{n}")).await;
         let len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
         grown = grown.max(len);
         match (seen, wal_restarts(&wal)) {
