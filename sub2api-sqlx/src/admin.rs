@@ -781,6 +781,16 @@ impl AdminStore for SqlStore {
             .map(subscription_record)
     }
 
+    async fn take_back_plan_grant(
+        &self,
+        grant_key: &str,
+        fallback_days: i64,
+    ) -> Result<Option<SubscriptionRecord>, StoreError> {
+        SqlStore::take_back_plan_grant(self, grant_key, fallback_days)
+            .await
+            .map(|s| s.map(subscription_record))
+    }
+
     async fn subscription_record(&self, id: i64) -> Result<Option<SubscriptionRecord>, StoreError> {
         Ok(self
             .subscription(SubscriptionId(id))

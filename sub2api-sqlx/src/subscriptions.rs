@@ -551,9 +551,13 @@ impl SqlStore {
                 match grant_plan_tx(&mut tx, user.0, plan.0, days, now).await? {
                     Ok(sub) => {
                         tx.exec(
-                            Q::new("UPDATE plan_grants SET subscription_id = $2 WHERE grant_key = $1")
-                                .bind(grant_key)
-                                .bind(sub.id.0),
+                            Q::new(
+                                "UPDATE plan_grants SET subscription_id = $2, span_ms = $3
+                                 WHERE grant_key = $1",
+                            )
+                            .bind(grant_key)
+                            .bind(sub.id.0)
+                            .bind(days.saturating_mul(DAY_MS)),
                         )
                         .await?;
                         Ok(sub)
@@ -568,6 +572,66 @@ impl SqlStore {
             }
         })
         .map_err(store_err)?
+    }
+
+    /// Takes back what the grant `grant_key` gave, once (see
+    /// `AdminStore::take_back_plan_grant`). The claim on the grant is one conditional update,
+    /// so two refunds racing for one order take back once.
+    pub async fn take_back_plan_grant(
+        &self,
+        grant_key: &str,
+        fallback_days: i64,
+    ) -> Result<Option<Subscription>, StoreError> {
+        let now = self.now_ms();
+        let pool = &self.shared().pool;
+        in_tx!(pool, |tx| {
+            let claimed = tx
+                .opt(
+                    Q::new(
+                        "UPDATE plan_grants SET taken_back_at = $2
+                         WHERE grant_key = $1 AND taken_back_at IS NULL
+                         RETURNING subscription_id, span_ms",
+                    )
+                    .bind(grant_key)
+                    .bind(now),
+                )
+                .await?;
+            // Nothing to take back (no such grant, or taken back already): nothing was written.
+            let Some(grant) = claimed else {
+                return Ok(None);
+            };
+            let Some(id) = grant.opt_i64("subscription_id")? else {
+                return Ok(None);
+            };
+            let span = grant
+                .opt_i64("span_ms")?
+                .unwrap_or(fallback_days.saturating_mul(DAY_MS));
+            let Some(sub) = tx
+                .opt(Q::new("SELECT expires_at FROM subscriptions WHERE id = $1").bind(id))
+                .await?
+            else {
+                return Ok(None);
+            };
+            let expires = sub.i64("expires_at")?;
+            tx.exec(
+                Q::new("UPDATE subscriptions SET expires_at = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(sub2api_core::api::store::taken_back_expiry(
+                        expires, span, now,
+                    )),
+            )
+            .await?;
+            let row = tx
+                .one(
+                    Q::built(format!(
+                        "SELECT {SUB_COLUMNS} FROM subscriptions WHERE id = $1"
+                    ))
+                    .bind(id),
+                )
+                .await?;
+            Some(subscription_from_row(&row)?)
+        })
+        .map_err(store_err)
     }
 
     pub async fn subscription(

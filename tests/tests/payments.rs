@@ -201,6 +201,15 @@ async fn deliver(h: &ApiHarness, p: P, n: &Notification) -> (u16, String) {
     (status, res.text().await.unwrap_or_default())
 }
 
+/// When the user's first subscription expires (ms).
+async fn subscription_expiry(h: &ApiHarness, session: &str) -> i64 {
+    let subs = h
+        .user_ok(session, "GET", "/api/v1/subscriptions", Value::Null)
+        .await;
+    sub2api_core::api::schema::parse_time_str(subs["items"][0]["expires_at"].as_str().unwrap())
+        .unwrap()
+}
+
 async fn balance(h: &ApiHarness, token: &str) -> Money {
     let me = h.user_ok(token, "GET", "/api/v1/me", Value::Null).await;
     usd(me["balance_usd"]
@@ -651,6 +660,7 @@ async fn a_paid_plan_order_grants_the_subscription_exactly_once() {
         }
 
         let mut expected_expiry = None;
+        let mut orders = Vec::new();
         for purchase in 0..2 {
             let t0 = sub2api_core::account_provider::now_ms();
             let a = h
@@ -668,6 +678,7 @@ async fn a_paid_plan_order_grants_the_subscription_exactly_once() {
             let id = a.body["id"].as_i64().unwrap();
             let out = a.body["out_trade_no"].as_str().unwrap().to_owned();
             assert_eq!(m.stripe.order(&out).map(|o| o.0), Some(1500));
+            orders.push((id, out.clone()));
 
             let genuine = m.stripe.notification(&out);
             for i in 0..3 {
@@ -709,6 +720,64 @@ async fn a_paid_plan_order_grants_the_subscription_exactly_once() {
                 "{setup:?} purchase {purchase}: the wallet is not credited"
             );
         }
+
+        // A refunded plan order takes back exactly the days it added, once; the provider refunds
+        // the price; the wallet is untouched.
+        let two_purchases = expected_expiry.unwrap();
+        let refund_path = |id: i64| format!("/api/v1/admin/payments/orders/{id}/refund");
+        let refunded = h
+            .admin_ok(
+                "POST",
+                &refund_path(orders[1].0),
+                json!({"reason": "changed my mind"}),
+            )
+            .await;
+        assert_eq!(refunded["status"], "REFUNDED", "{setup:?}: {refunded}");
+        assert_eq!(
+            subscription_expiry(&h, &alice).await,
+            two_purchases - 7 * DAY_MS,
+            "{setup:?}: the second order's 7 days taken back"
+        );
+        let again = h
+            .admin(
+                "POST",
+                &refund_path(orders[1].0),
+                json!({"reason": "twice"}),
+            )
+            .await;
+        assert_eq!(again.status, 409, "{setup:?}: {}", again.text);
+        assert_eq!(
+            subscription_expiry(&h, &alice).await,
+            two_purchases - 7 * DAY_MS,
+            "{setup:?}: nothing taken twice"
+        );
+        let t0 = sub2api_core::account_provider::now_ms();
+        h.admin_ok(
+            "POST",
+            &refund_path(orders[0].0),
+            json!({"reason": "all of it"}),
+        )
+        .await;
+        let t1 = sub2api_core::account_provider::now_ms();
+        let ended = subscription_expiry(&h, &alice).await;
+        assert!(
+            (t0..=t1).contains(&ended),
+            "{setup:?}: the first order's grant ends the subscription now ({ended} not in [{t0}, {t1}])"
+        );
+        let refunds = m.stripe.refunds();
+        for (_, out) in &orders {
+            assert!(
+                refunds
+                    .iter()
+                    .any(|r| &r.out_trade_no == out && r.amount_minor == 1500),
+                "{setup:?}: {refunds:?}"
+            );
+        }
+        assert_eq!(
+            balance(&h, &alice).await,
+            start,
+            "{setup:?}: wallet untouched"
+        );
         h.stop().await;
     }
 }

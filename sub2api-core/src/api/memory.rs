@@ -32,6 +32,13 @@ struct KeyExt {
     created_at_ms: i64,
 }
 
+/// A plan grant of a paid order (see [`AdminStore::grant_plan_once`]).
+struct PlanGrant {
+    subscription: i64,
+    span_ms: i64,
+    taken_back: bool,
+}
+
 /// The API's part of the memory directory's state.
 #[derive(Default)]
 pub(crate) struct ApiState {
@@ -43,8 +50,9 @@ pub(crate) struct ApiState {
     settings: BTreeMap<String, String>,
     plans: Vec<PlanRecord>,
     subscriptions: Vec<SubscriptionRecord>,
-    /// Plan grants already made, by key (a paid order), to the subscription they went to.
-    plan_grants: HashMap<String, i64>,
+    /// Plan grants already made, by key (a paid order): the subscription they went to, the span
+    /// they added, and whether it was taken back.
+    plan_grants: HashMap<String, PlanGrant>,
     codes: BTreeMap<String, RedeemCodeRecord>,
     orders: Vec<OrderView>,
     quota_holds: HashMap<String, (KeyId, Money)>,
@@ -569,7 +577,7 @@ impl AdminStore for MemoryDirectory {
     ) -> Result<SubscriptionRecord, StoreError> {
         let now = now();
         let mut s = self.state.lock().unwrap();
-        if let Some(id) = s.api.plan_grants.get(grant_key).copied() {
+        if let Some(id) = s.api.plan_grants.get(grant_key).map(|g| g.subscription) {
             return s
                 .api
                 .subscriptions
@@ -613,8 +621,42 @@ impl AdminStore for MemoryDirectory {
                 sub
             }
         };
-        s.api.plan_grants.insert(grant_key.to_owned(), sub.id);
+        s.api.plan_grants.insert(
+            grant_key.to_owned(),
+            PlanGrant {
+                subscription: sub.id,
+                span_ms: span,
+                taken_back: false,
+            },
+        );
         Ok(sub)
+    }
+
+    async fn take_back_plan_grant(
+        &self,
+        grant_key: &str,
+        _fallback_days: i64,
+    ) -> Result<Option<SubscriptionRecord>, StoreError> {
+        let now = now();
+        let mut s = self.state.lock().unwrap();
+        let Some(g) = s
+            .api
+            .plan_grants
+            .get_mut(grant_key)
+            .filter(|g| !g.taken_back)
+        else {
+            return Ok(None);
+        };
+        g.taken_back = true;
+        let (id, span) = (g.subscription, g.span_ms);
+        let sub = s
+            .api
+            .subscriptions
+            .iter_mut()
+            .find(|x| x.id == id)
+            .ok_or_else(|| StoreError::NotFound(format!("subscription {id}")))?;
+        sub.expires_at_ms = taken_back_expiry(sub.expires_at_ms, span, now);
+        Ok(Some(sub.clone()))
     }
 
     async fn subscription_record(&self, id: i64) -> Result<Option<SubscriptionRecord>, StoreError> {

@@ -279,15 +279,28 @@ impl PlanFulfiller for AdminPlans {
             .find(|p| p.id == plan_id)
             .ok_or_else(|| StoreError::NotFound(format!("plan {plan_id}")))?;
         self.0
-            .grant_plan_once(
-                user,
-                plan_id,
-                plan.duration_days,
-                &format!("order:{}", order.out_trade_no),
-            )
+            .grant_plan_once(user, plan_id, plan.duration_days, &grant_key(order))
             .await?;
         Ok(())
     }
+
+    async fn take_back_plan(&self, plan_id: i64, order: &StoredOrder) -> Result<(), StoreError> {
+        // Grants made before they recorded their span fall back to the plan's duration now.
+        let days = self
+            .0
+            .plan_records()
+            .await?
+            .into_iter()
+            .find(|p| p.id == plan_id)
+            .map_or(0, |p| p.duration_days);
+        self.0.take_back_plan_grant(&grant_key(order), days).await?;
+        Ok(())
+    }
+}
+
+/// A paid order's plan grant: one per order.
+fn grant_key(order: &StoredOrder) -> String {
+    format!("order:{}", order.out_trade_no)
 }
 
 fn payments(ctx: &Ctx) -> Result<crate::payment::Payments, ApiError> {

@@ -361,6 +361,15 @@ pub trait AdminStore: Directory {
         days: i64,
         grant_key: &str,
     ) -> Result<SubscriptionRecord, StoreError>;
+    /// Takes back what the grant `grant_key` gave, once (a refunded order): the subscription's
+    /// expiry moves back by the span the grant added (`fallback_days` for a grant that did not
+    /// record it), but never before now nor later than it was. `None` when the key granted
+    /// nothing or was taken back already.
+    async fn take_back_plan_grant(
+        &self,
+        grant_key: &str,
+        fallback_days: i64,
+    ) -> Result<Option<SubscriptionRecord>, StoreError>;
     async fn subscription_record(&self, id: i64) -> Result<Option<SubscriptionRecord>, StoreError>;
     async fn subscription_records(
         &self,
@@ -419,4 +428,13 @@ pub fn key_hint(key: &str) -> String {
     let head: String = chars[..6].iter().collect();
     let tail: String = chars[chars.len() - 4..].iter().collect();
     format!("{head}…{tail}")
+}
+
+/// The expiry of a subscription once a grant of `span_ms` is taken back at `now`: back by the
+/// span, but never before now (time already used stays used) nor later than it was.
+pub fn taken_back_expiry(expires_at_ms: i64, span_ms: i64, now: i64) -> i64 {
+    expires_at_ms
+        .saturating_sub(span_ms.max(0))
+        .max(now)
+        .min(expires_at_ms)
 }

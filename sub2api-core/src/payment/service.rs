@@ -378,6 +378,10 @@ pub trait PlanFulfiller: Send + Sync + 'static {
         plan_id: i64,
         order: &StoredOrder,
     ) -> Result<(), StoreError>;
+
+    /// Takes back what [`PlanFulfiller::fulfil_plan`] gave for `order` (a refund), once: a
+    /// second call for the same order changes nothing.
+    async fn take_back_plan(&self, plan_id: i64, order: &StoredOrder) -> Result<(), StoreError>;
 }
 
 struct Inner {
@@ -964,12 +968,12 @@ impl Payments {
         Ok(r)
     }
 
-    /// Refunds a completed balance order in full: debits exactly the credited amount (never below
-    /// zero), then refunds through the provider. Retrying a `REFUND_REQUESTED` order re-asks the
-    /// provider without debiting again.
+    /// Refunds a completed order in full, then through the provider. A balance order debits
+    /// exactly the credited amount (never below zero); a plan order takes back exactly the time
+    /// its grant added. Both are idempotent by the order, so retrying a `REFUND_REQUESTED` order
+    /// (after a crash or a provider error) re-asks the provider without taking anything twice.
     pub async fn refund(&self, id: i64, reason: &str) -> Result<StoredOrder, PayFailure> {
         let order = self.order_by_id(id).await?;
-        let trade = order.provider_trade_no.clone().unwrap_or_default();
         match order.status {
             OrderStatus::Completed => {
                 if !self
@@ -987,35 +991,21 @@ impl Payments {
                         "the order changed meanwhile; try again".into(),
                     ));
                 }
-                if order.plan_id.is_none() {
-                    let debit = self
-                        .inner
-                        .ledger
-                        .credit(Credit {
-                            user_id: order.user_id,
-                            amount: Money::from_nanos(-order.credit.nanos()),
-                            idempotency_key: format!("refund:{}:{trade}", order.provider),
-                            kind: EntryKind::Refund,
-                            memo: format!("refund of {}: {reason}", order.out_trade_no),
-                        })
-                        .await;
-                    if let Err(e) = debit {
-                        self.inner
-                            .store
-                            .transition_payment_order(
-                                &order.out_trade_no,
-                                OrderStatus::RefundRequested,
-                                OrderStatus::Completed,
-                                None,
-                            )
-                            .await?;
-                        return Err(PayFailure::Conflict(format!(
-                            "cannot take the credit back: {e}"
-                        )));
-                    }
+                if let Err(e) = self.take_back(&order, reason).await {
+                    self.inner
+                        .store
+                        .transition_payment_order(
+                            &order.out_trade_no,
+                            OrderStatus::RefundRequested,
+                            OrderStatus::Completed,
+                            None,
+                        )
+                        .await?;
+                    return Err(e);
                 }
             }
-            OrderStatus::RefundRequested => {}
+            // A refund that stopped half-way: what it took is taken at most once.
+            OrderStatus::RefundRequested => self.take_back(&order, reason).await?,
             other => {
                 return Err(PayFailure::Conflict(format!(
                     "order is {}, not COMPLETED",
@@ -1023,6 +1013,7 @@ impl Payments {
                 )));
             }
         }
+        let trade = order.provider_trade_no.clone().unwrap_or_default();
         let p = self
             .provider(&order.provider)
             .ok_or_else(|| PayFailure::Invalid("provider no longer configured".into()))?;
@@ -1052,6 +1043,38 @@ impl Payments {
             )
             .await?;
         self.order_by_id(id).await
+    }
+
+    /// Takes back what a completed order gave: the credit (a debit keyed by the provider's trade
+    /// id, so a second one is a replay) or the plan time (keyed by the order's grant).
+    async fn take_back(&self, order: &StoredOrder, reason: &str) -> Result<(), PayFailure> {
+        match order.plan_id {
+            Some(plan) => {
+                let plans = self
+                    .inner
+                    .plans
+                    .as_ref()
+                    .ok_or_else(|| PayFailure::Invalid("plan orders are not enabled".into()))?;
+                plans.take_back_plan(plan, order).await?;
+            }
+            None => {
+                let trade = order.provider_trade_no.clone().unwrap_or_default();
+                self.inner
+                    .ledger
+                    .credit(Credit {
+                        user_id: order.user_id,
+                        amount: Money::from_nanos(-order.credit.nanos()),
+                        idempotency_key: format!("refund:{}:{trade}", order.provider),
+                        kind: EntryKind::Refund,
+                        memo: format!("refund of {}: {reason}", order.out_trade_no),
+                    })
+                    .await
+                    .map_err(|e| {
+                        PayFailure::Conflict(format!("cannot take the credit back: {e}"))
+                    })?;
+            }
+        }
+        Ok(())
     }
 
     /// Asks every provider about an order that cannot exist: reachable and answering.
