@@ -262,6 +262,11 @@ pub(crate) async fn grant_plan_tx(
             insert_subscription(tx, user, plan, group, now, now.saturating_add(span), now).await?
         }
     };
+    Ok(Ok(subscription_in(tx, id).await?))
+}
+
+/// A subscription as the transaction sees it.
+async fn subscription_in(tx: &mut TxOf<'_>, id: i64) -> Result<Subscription, sqlx::Error> {
     let row = tx
         .one(
             Q::built(format!(
@@ -270,7 +275,7 @@ pub(crate) async fn grant_plan_tx(
             .bind(id),
         )
         .await?;
-    Ok(Ok(subscription_from_row(&row)?))
+    subscription_from_row(&row)
 }
 
 async fn insert_subscription(
@@ -621,15 +626,7 @@ impl SqlStore {
                     )),
             )
             .await?;
-            let row = tx
-                .one(
-                    Q::built(format!(
-                        "SELECT {SUB_COLUMNS} FROM subscriptions WHERE id = $1"
-                    ))
-                    .bind(id),
-                )
-                .await?;
-            Some(subscription_from_row(&row)?)
+            Some(subscription_in(&mut tx, id).await?)
         })
         .map_err(store_err)
     }

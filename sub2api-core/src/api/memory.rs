@@ -59,6 +59,13 @@ pub(crate) struct ApiState {
 }
 
 impl ApiState {
+    fn subscription_mut(&mut self, id: i64) -> Result<&mut SubscriptionRecord, StoreError> {
+        self.subscriptions
+            .iter_mut()
+            .find(|x| x.id == id)
+            .ok_or_else(|| StoreError::NotFound(format!("subscription {id}")))
+    }
+
     /// The group as a key's owner sees it (their own multiplier) and the key's rules.
     pub(crate) fn principal_parts(&self, group: &Group, key: &ApiKey) -> (Group, KeyRules) {
         let mut g = group.clone();
@@ -578,13 +585,7 @@ impl AdminStore for MemoryDirectory {
         let now = now();
         let mut s = self.state.lock().unwrap();
         if let Some(id) = s.api.plan_grants.get(grant_key).map(|g| g.subscription) {
-            return s
-                .api
-                .subscriptions
-                .iter()
-                .find(|x| x.id == id)
-                .cloned()
-                .ok_or_else(|| StoreError::NotFound(format!("subscription {id}")));
+            return s.api.subscription_mut(id).cloned();
         }
         let group_id = s
             .api
@@ -649,12 +650,7 @@ impl AdminStore for MemoryDirectory {
         };
         g.taken_back = true;
         let (id, span) = (g.subscription, g.span_ms);
-        let sub = s
-            .api
-            .subscriptions
-            .iter_mut()
-            .find(|x| x.id == id)
-            .ok_or_else(|| StoreError::NotFound(format!("subscription {id}")))?;
+        let sub = s.api.subscription_mut(id)?;
         sub.expires_at_ms = taken_back_expiry(sub.expires_at_ms, span, now);
         Ok(Some(sub.clone()))
     }
@@ -690,24 +686,14 @@ impl AdminStore for MemoryDirectory {
         expires_at_ms: i64,
     ) -> Result<SubscriptionRecord, StoreError> {
         let mut s = self.state.lock().unwrap();
-        let sub = s
-            .api
-            .subscriptions
-            .iter_mut()
-            .find(|x| x.id == id)
-            .ok_or_else(|| StoreError::NotFound(format!("subscription {id}")))?;
+        let sub = s.api.subscription_mut(id)?;
         sub.expires_at_ms = expires_at_ms;
         Ok(sub.clone())
     }
 
     async fn revoke_subscription(&self, id: i64) -> Result<SubscriptionRecord, StoreError> {
         let mut s = self.state.lock().unwrap();
-        let sub = s
-            .api
-            .subscriptions
-            .iter_mut()
-            .find(|x| x.id == id)
-            .ok_or_else(|| StoreError::NotFound(format!("subscription {id}")))?;
+        let sub = s.api.subscription_mut(id)?;
         sub.revoked = true;
         Ok(sub.clone())
     }

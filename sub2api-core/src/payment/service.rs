@@ -822,11 +822,7 @@ impl Payments {
             .ok_or_else(|| PayFailure::Conflict("a paid order has a provider trade id".into()))?;
         match order.plan_id {
             Some(plan) => {
-                let plans = self
-                    .inner
-                    .plans
-                    .as_ref()
-                    .ok_or_else(|| PayFailure::Invalid("plan orders are not enabled".into()))?;
+                let plans = self.plans()?;
                 // The grant is idempotent by the order (assigning twice would extend twice), so it
                 // runs before PAID -> COMPLETED: a handler dying in between leaves a PAID order whose
                 // retry grants nothing more.
@@ -1045,16 +1041,19 @@ impl Payments {
         self.order_by_id(id).await
     }
 
+    fn plans(&self) -> Result<&Arc<dyn PlanFulfiller>, PayFailure> {
+        self.inner
+            .plans
+            .as_ref()
+            .ok_or_else(|| PayFailure::Invalid("plan orders are not enabled".into()))
+    }
+
     /// Takes back what a completed order gave: the credit (a debit keyed by the provider's trade
     /// id, so a second one is a replay) or the plan time (keyed by the order's grant).
     async fn take_back(&self, order: &StoredOrder, reason: &str) -> Result<(), PayFailure> {
         match order.plan_id {
             Some(plan) => {
-                let plans = self
-                    .inner
-                    .plans
-                    .as_ref()
-                    .ok_or_else(|| PayFailure::Invalid("plan orders are not enabled".into()))?;
+                let plans = self.plans()?;
                 plans.take_back_plan(plan, order).await?;
             }
             None => {
