@@ -192,15 +192,7 @@ async fn one_balance_spent_from_both_nodes_at_once_never_goes_negative_and_sums_
     }
     // Every request either holds (and waits at the vendor's gate) or was refused.
     vendor.wait_for_requests(3).await;
-    let user = a
-        .relay
-        .parts()
-        .directory
-        .user_by_email(USER)
-        .await
-        .unwrap()
-        .unwrap()
-        .id;
+    let user = a.user_id().await;
     let mid = a.relay.parts().ledger.balance(user).await.unwrap();
     assert!(
         !mid.available().is_negative() && mid.held <= mid.total,
@@ -435,15 +427,7 @@ async fn an_operators_key_and_user_changes_on_one_node_apply_on_the_other_at_onc
     b.cluster.hub.on_key_invalidation(move |i| {
         let _ = tx.send(i);
     });
-    let user = a
-        .relay
-        .parts()
-        .directory
-        .user_by_email(USER)
-        .await
-        .unwrap()
-        .unwrap()
-        .id;
+    let user = a.user_id().await;
 
     // A user limit set through node A's admin API binds on node B at once.
     let (status, v) = a

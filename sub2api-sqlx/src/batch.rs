@@ -329,23 +329,13 @@ impl State {
         } = self;
         let (shared, max_batch) = (&**shared, *max_batch);
         msgs.push(first);
-        while msgs.len() < max_batch {
-            match rx.try_recv() {
-                Ok(m) => msgs.push(m),
-                Err(_) => break,
-            }
-        }
+        take_queued(rx, msgs, max_batch);
         if msgs.iter().all(|m| matches!(m, Msg::Usage(..))) {
             // Usage rows alone would cost a commit of their own (one in eight rounds at full
             // load); they wait a moment for a hold or a settlement to ride with instead.
             if let Ok(Some(m)) = tokio::time::timeout(USAGE_RIDE_WAIT, rx.recv()).await {
                 msgs.push(m);
-                while msgs.len() < max_batch {
-                    match rx.try_recv() {
-                        Ok(m) => msgs.push(m),
-                        Err(_) => break,
-                    }
-                }
+                take_queued(rx, msgs, max_batch);
             }
         }
         let mut holds = Vec::new();
@@ -411,6 +401,16 @@ impl State {
             return false;
         }
         true
+    }
+}
+
+/// Moves what is queued into `msgs`, up to `max` in all, without waiting.
+fn take_queued(rx: &mut mpsc::Receiver<Msg>, msgs: &mut Vec<Msg>, max: usize) {
+    while msgs.len() < max {
+        match rx.try_recv() {
+            Ok(m) => msgs.push(m),
+            Err(_) => break,
+        }
     }
 }
 

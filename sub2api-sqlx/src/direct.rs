@@ -18,7 +18,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::types::{Value, ValueRef};
+use rusqlite::ToSql;
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use sqlx::error::{DatabaseError, ErrorKind};
 
 use crate::db::{Arg, Q};
@@ -91,7 +92,7 @@ impl Direct {
                     let arg = args
                         .get(index - 1)
                         .ok_or(rusqlite::Error::InvalidParameterCount(index, args.len()))?;
-                    st.raw_bind_parameter(i, value_of(arg))?;
+                    st.raw_bind_parameter(i, arg)?;
                 }
                 let columns: Arc<[String]> =
                     st.column_names().into_iter().map(str::to_owned).collect();
@@ -140,14 +141,20 @@ fn owned(v: ValueRef<'_>) -> Value {
     }
 }
 
-pub(crate) fn value_of(arg: &Arg) -> Value {
-    match arg {
-        Arg::I64(v) => Value::Integer(*v),
-        Arg::OptI64(v) => v.map_or(Value::Null, Value::Integer),
-        Arg::Text(v) => Value::Text(v.clone()),
-        Arg::OptText(v) => v.clone().map_or(Value::Null, Value::Text),
-        Arg::Bytes(v) => Value::Blob(v.clone()),
-        Arg::Bool(v) => Value::Integer(i64::from(*v)),
+/// Binds without copying: text and blobs are lent to SQLite, which copies them itself.
+impl ToSql for Arg {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            Arg::I64(v) => ToSqlOutput::Owned(Value::Integer(*v)),
+            Arg::OptI64(v) => ToSqlOutput::Owned(v.map_or(Value::Null, Value::Integer)),
+            Arg::Text(v) => ToSqlOutput::Borrowed(ValueRef::Text(v.as_bytes())),
+            Arg::OptText(v) => ToSqlOutput::Borrowed(
+                v.as_deref()
+                    .map_or(ValueRef::Null, |t| ValueRef::Text(t.as_bytes())),
+            ),
+            Arg::Bytes(v) => ToSqlOutput::Borrowed(ValueRef::Blob(v)),
+            Arg::Bool(v) => ToSqlOutput::Owned(Value::Integer(i64::from(*v))),
+        })
     }
 }
 

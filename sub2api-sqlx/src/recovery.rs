@@ -97,15 +97,7 @@ pub(crate) async fn sweep(shared: &Shared, which: Sweep) -> Result<u64, sqlx::Er
                     )
                     .await?;
                 if let Some(r) = row {
-                    let hold = HoldRow {
-                        request_id: r.text("request_id")?,
-                        user_id: r.i64("user_id")?,
-                        group_id: r.i64("group_id")?,
-                        amount: r.i64("amount")?,
-                        wallet_amount: r.i64("wallet_amount")?,
-                        subscription_id: r.opt_i64("subscription_id")?,
-                        subscription_amount: r.i64("subscription_amount")?,
-                    };
+                    let hold = HoldRow::from_row(&r)?;
                     release_taken_hold(&mut tx, &hold, now, memo).await?;
                     n += 1;
                 }

@@ -153,6 +153,18 @@ pub struct Node {
 }
 
 impl Node {
+    /// The seeded user ([`USER`]).
+    pub async fn user_id(&self) -> sub2api_core::domain::UserId {
+        self.relay
+            .parts()
+            .directory
+            .user_by_email(USER)
+            .await
+            .unwrap()
+            .unwrap()
+            .id
+    }
+
     pub async fn start(db_url: &str, redis_url: &str, options: RedisOptions) -> Node {
         let store = open_store(db_url).await;
         let directory: Arc<dyn Directory> = Arc::new(store.clone());

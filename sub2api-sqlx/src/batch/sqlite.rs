@@ -147,7 +147,7 @@ pub(super) fn write(
         let mut st = c.prepare_cached(crate::usage_log::insert_one_sql())?;
         for r in usage.iter().flat_map(|rows| rows.iter()) {
             for (i, v) in crate::usage_log::values(r).iter().enumerate() {
-                st.raw_bind_parameter(i + 1, direct::value_of(v))?;
+                st.raw_bind_parameter(i + 1, v)?;
             }
             st.raw_execute()?;
         }
