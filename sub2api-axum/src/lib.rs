@@ -12,6 +12,7 @@
 //! ```
 
 pub mod api;
+pub mod body;
 pub mod boot;
 pub mod mock;
 
@@ -28,7 +29,8 @@ pub fn router(relay: &Relay) -> Router {
     let app = relay.app();
     let svc = tower::service_fn(move |req: Request<Body>| {
         let fut = app.call_with(api::with_client_addr(req));
-        async move { Ok::<_, Infallible>(fut.await) }
+        // Streams hand hyper the events already on their way together (see `body`).
+        async move { Ok::<_, Infallible>(fut.await.map(body::Batched::new)) }
     });
     let mut router = Router::new();
     for (_, path) in Relay::ROUTES {
