@@ -24,11 +24,12 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Poll;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use http_body::Body;
 use sub2api_core::BoxError;
-use sub2api_core::body::RelayBody;
+use sub2api_core::body::{Batched, RelayBody};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
@@ -46,7 +47,8 @@ const CHUNKS_IN_FLIGHT: usize = 16;
 /// What the relay holds of one request, in order.
 enum Held {
     Call(BoxFuture<'static, http::Response<RelayBody>>),
-    Body(RelayBody),
+    /// Batched: the events already on their way come out back to back, and go over as one chunk.
+    Body(Batched<RelayBody>),
 }
 
 type Slot = Arc<Mutex<Option<Held>>>;
@@ -123,7 +125,7 @@ async fn run(slot: Slot, mut head_tx: oneshot::Sender<Head>, _alive: Option<Aliv
         };
         let (parts, body) = response.into_parts();
         let size = body.size_hint().exact();
-        *held = Some(Held::Body(body));
+        *held = Some(Held::Body(Batched::new(body)));
         Poll::Ready(Some((parts, size)))
     });
     let (parts, size) = tokio::select! {
@@ -178,14 +180,32 @@ async fn run(slot: Slot, mut head_tx: oneshot::Sender<Head>, _alive: Option<Aliv
     if head_tx.send(Head { parts, size, body }).is_err() {
         return;
     }
+    let mut after = None;
     loop {
-        let next = tokio::select! {
-            biased;
-            next = next_chunk(&slot) => next,
-            () = tx.closed() => return,
+        let next = match after.take() {
+            Some(next) => next,
+            None => tokio::select! {
+                biased;
+                next = next_chunk(&slot) => next,
+                () = tx.closed() => return,
+            },
         };
         match next {
             Next::Chunk(data) => {
+                // The rest of a burst is ready at once: one chunk, one wake-up of actix's worker.
+                let mut burst: Option<BytesMut> = None;
+                loop {
+                    match next_chunk(&slot).now_or_never() {
+                        Some(Next::Chunk(more)) => burst
+                            .get_or_insert_with(|| BytesMut::from(&data[..]))
+                            .extend_from_slice(&more),
+                        other => {
+                            after = other;
+                            break;
+                        }
+                    }
+                }
+                let data = burst.map_or(data, BytesMut::freeze);
                 if tx.send(Ok(data)).await.is_err() {
                     return;
                 }

@@ -12,7 +12,6 @@
 //! ```
 
 pub mod api;
-pub mod body;
 pub mod boot;
 pub mod mock;
 
@@ -21,6 +20,7 @@ use std::convert::Infallible;
 use axum::Router;
 use axum::body::Body;
 use http::Request;
+use sub2api_core::body::Batched;
 use sub2api_core::relay::Relay;
 
 /// A router answering every relay route ([`Relay::ROUTES`]). Merge it into your own router, or
@@ -29,8 +29,8 @@ pub fn router(relay: &Relay) -> Router {
     let app = relay.app();
     let svc = tower::service_fn(move |req: Request<Body>| {
         let fut = app.call_with(api::with_client_addr(req));
-        // Streams hand hyper the events already on their way together (see `body`).
-        async move { Ok::<_, Infallible>(fut.await.map(body::Batched::new)) }
+        // Streams hand hyper the events already on their way together.
+        async move { Ok::<_, Infallible>(fut.await.map(Batched::new)) }
     });
     let mut router = Router::new();
     for (_, path) in Relay::ROUTES {

@@ -1,5 +1,9 @@
 //! Body types shared by the layers.
 
+mod batched;
+
+pub use batched::Batched;
+
 use std::pin::Pin;
 use std::task::{Context, Poll};
 

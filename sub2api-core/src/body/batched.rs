@@ -1,13 +1,13 @@
-//! The relay's streamed responses as hyper should write them: events that are already on their way
-//! go out in one write.
+//! A streamed response handed over in bursts: events that are already on their way go out in one
+//! write.
 //!
-//! hyper writes a response body as it gets it: it polls the body, queues what it got, and flushes
-//! (one `writev`) as soon as the body is `Pending`. The relay's body reads its upstream through
-//! hyper's client, which hands over one chunk per poll: the next SSE event is usually already in
-//! the upstream connection's read buffer, but that connection's task has to run once before the
-//! body can have it. So every event became its own `writev` on the client socket (and its own
-//! wake-up of the client), even when twenty arrived in one TCP segment. The actix adapter got the
-//! batching for free from its hop between threads, and spent a quarter less CPU per stream.
+//! The relay reads its upstream through hyper's client, which hands over one chunk per poll: the
+//! next SSE event is usually already in the upstream connection's read buffer, but that
+//! connection's task has to run before the body can have it. A server writes a body as it gets it
+//! (hyper polls the body, queues what it got, and flushes one `writev` as soon as the body is
+//! `Pending`), so every event became its own write on the client socket and its own wake-up of the
+//! client, even when twenty arrived in one TCP segment; the actix adapter's relay task likewise
+//! woke actix's worker once per event.
 //!
 //! [`Batched`] lets that task run: when its inner body is `Pending` while it holds events, it
 //! yields its turn (the task wakes itself, so it goes to the back of the run queue behind the
@@ -37,8 +37,9 @@ const IDLE_TURNS: u8 = 2;
 /// Bytes kept before they are written anyway.
 const MAX_KEPT: usize = 64 * 1024;
 
-/// A response body that hands hyper the events already on their way together (see the module
-/// docs). Bodies of known size pass through untouched.
+/// A response body that hands over the events already on their way together (see the module
+/// docs). Bodies of known size pass through untouched. Both adapters wrap the relay's responses
+/// in it.
 pub struct Batched<B: Body> {
     inner: B,
     /// Data frames taken from `inner` and not yet given to hyper.
