@@ -17,7 +17,14 @@ impl RequestId {
     /// log) grow at their right edge instead of touching a random page per insert, which is most
     /// of what a durable ledger writes; its 74 random bits still make it unguessable.
     pub fn generate() -> Self {
-        RequestId(Arc::from(format!("req_{}", uuid::Uuid::now_v7().simple())))
+        let mut buf = [0u8; 4 + uuid::fmt::Simple::LENGTH];
+        buf[..4].copy_from_slice(b"req_");
+        let hex = uuid::Uuid::now_v7()
+            .simple()
+            .encode_lower(&mut buf[4..])
+            .len();
+        let id = std::str::from_utf8(&buf[..4 + hex]).expect("ASCII");
+        RequestId(Arc::from(id))
     }
 
     pub fn as_str(&self) -> &str {
@@ -88,4 +95,24 @@ pub struct RelayRequest {
     /// again when this is false. True for every other endpoint.
     pub include_usage: bool,
     pub received_at: Instant,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RequestId;
+
+    #[test]
+    fn generated_ids_are_prefixed_hex_and_time_ordered() {
+        let ids: Vec<RequestId> = (0..1000).map(|_| RequestId::generate()).collect();
+        for id in &ids {
+            let hex = id.as_str().strip_prefix("req_").expect("req_ prefix");
+            assert_eq!(hex.len(), 32, "{id:?}");
+            assert!(
+                hex.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            );
+        }
+        // UUIDv7: generated later sorts later, so the indexes keyed by it grow at one edge.
+        assert!(ids.windows(2).all(|w| w[0].as_str() < w[1].as_str()));
+    }
 }

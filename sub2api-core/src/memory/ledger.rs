@@ -79,6 +79,11 @@ impl State {
     }
 }
 
+/// How much of a bound is reserved up front (a bound may be "practically unbounded").
+fn preallocated(bound: usize) -> usize {
+    bound.min(1 << 20)
+}
+
 impl MemoryLedger {
     pub fn new() -> Self {
         Self::default()
@@ -87,8 +92,17 @@ impl MemoryLedger {
     /// A ledger that keeps `journal` recent journal entries and recognises replays of the last
     /// `settled` settlements.
     pub fn with_limits(journal: usize, settled: usize) -> Self {
+        // Sized for their bounds up front: growing one of them doubles it, copying (or rehashing)
+        // every entry while the ledger's lock is held, and every request waits on that lock.
+        // Reserving touches no memory until it is used.
+        let state = State {
+            journal: VecDeque::with_capacity(preallocated(journal)),
+            settled: HashMap::with_capacity(preallocated(settled)),
+            settled_order: VecDeque::with_capacity(preallocated(settled)),
+            ..State::default()
+        };
         MemoryLedger {
-            state: Mutex::default(),
+            state: Mutex::new(state),
             journal_keep: journal,
             settled_keep: settled,
         }

@@ -19,6 +19,11 @@ pub struct SchedulerConfig {
     pub sticky_wait: Duration,
     /// How long a request waits for any slot when the whole pool is busy.
     pub queue_wait: Duration,
+    /// The most session bindings kept. Every conversation without a client session id binds its
+    /// prompt's prefix hash, so a relay serving many one-off prompts would otherwise keep one
+    /// binding per request for `sticky_ttl`; beyond this, the least recently used are forgotten
+    /// (such a session just picks an account afresh).
+    pub max_sticky_sessions: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -27,6 +32,7 @@ impl Default for SchedulerConfig {
             sticky_ttl: Duration::from_secs(3600),
             sticky_wait: Duration::from_secs(3),
             queue_wait: Duration::from_secs(60),
+            max_sticky_sessions: 262_144,
         }
     }
 }
@@ -143,8 +149,17 @@ impl MemoryScheduler {
         // Sweep only when the map has doubled since the last sweep: an O(n) pause under the
         // scheduler lock every 1,024 binds would land on the hot path's p99; this way the sweep is
         // amortised O(1) per bind and runs rarely once the live session count is stable.
-        if state.sticky.len() >= state.prune_at {
+        let max = self.config.max_sticky_sessions.max(2);
+        if state.sticky.len() >= state.prune_at.min(max) {
             state.sticky.retain(|_, (_, exp)| *exp > now);
+            if state.sticky.len() > max / 2 {
+                // Still too many live ones: keep the most recently used half of the bound (a
+                // binding's expiry is renewed on every use, so the earliest are the least recent).
+                let mut expiries: Vec<Instant> = state.sticky.values().map(|b| b.1).collect();
+                let cut = expiries.len() - max / 2;
+                let (_, &mut oldest_kept, _) = expiries.select_nth_unstable(cut);
+                state.sticky.retain(|_, (_, exp)| *exp >= oldest_kept);
+            }
             state.prune_at = (state.sticky.len() * 2).max(1024);
         }
     }
@@ -327,6 +342,36 @@ mod tests {
             (a.account.id, b.account.id, c.account.id),
             (AccountId(1), AccountId(1), AccountId(2))
         );
+    }
+
+    #[tokio::test]
+    async fn session_bindings_are_bounded_and_the_recent_ones_kept() {
+        let p = Arc::new(MemoryAccountProvider::new(vec![
+            account(1, 10, 100),
+            account(2, 10, 100),
+        ]));
+        let s = MemoryScheduler::with_config(
+            p,
+            SchedulerConfig {
+                max_sticky_sessions: 64,
+                ..Default::default()
+            },
+        );
+        let g = group();
+        let mut bound = Vec::new();
+        for i in 0..1000 {
+            let sess = SessionKey(format!("k:{i}"));
+            let lease = s.select(req(&g, Some(&sess), &[])).await.unwrap();
+            bound.push(lease.account.id);
+            let held = s.inner.state.lock().unwrap().sticky.len();
+            assert!(held <= 64, "{held} bindings kept, the bound is 64");
+        }
+        // The last sessions bound are still there, on the account they were given.
+        let state = s.inner.state.lock().unwrap();
+        for i in 990..1000 {
+            let (account, _) = state.sticky[&SessionKey(format!("k:{i}"))];
+            assert_eq!(account, bound[i]);
+        }
     }
 
     #[tokio::test]

@@ -21,7 +21,9 @@ impl Default for MemoryUsageLog {
 impl MemoryUsageLog {
     pub fn with_capacity(capacity: usize) -> Self {
         MemoryUsageLog {
-            records: Mutex::new(VecDeque::new()),
+            // Reserved up front (no memory is touched until used): growing would copy every
+            // record while the lock that each request's record waits on is held.
+            records: Mutex::new(VecDeque::with_capacity(capacity.min(1 << 20))),
             capacity,
         }
     }

@@ -16,10 +16,13 @@
 //! cumulative usage that overwrites output and, when present, the input-side fields.
 
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::UsageScanner;
 use crate::domain::Usage;
+
+mod usage_object;
+
+use usage_object::{Only, UsageObject};
 
 /// The largest `data:` payload kept for parsing. A usage frame is a few hundred bytes; a larger
 /// one is dropped (and counts nothing) rather than letting a stream grow the buffer.
@@ -355,15 +358,15 @@ impl AnthropicSseScanner {
                     if let Some(model) = message.model {
                         self.model = Some(model);
                     }
-                    if let Some(usage) = message.usage.as_ref().filter(|u| u.is_object()) {
+                    if let Some(usage) = message.usage.and_then(|u| u.0) {
                         self.usage = Usage::default();
-                        merge_usage(&mut self.usage, usage);
+                        merge_usage(&mut self.usage, &usage);
                     }
                 }
             }
             Kind::MessageDelta => {
-                if let Some(usage) = frame.usage.as_ref().filter(|u| u.is_object()) {
-                    merge_usage(&mut self.usage, usage);
+                if let Some(usage) = frame.usage.and_then(|u| u.0) {
+                    merge_usage(&mut self.usage, &usage);
                 }
             }
             Kind::MessageStop => self.is_final = true,
@@ -458,8 +461,8 @@ impl AnthropicJsonScanner {
                 };
                 self.parsed_error = body.kind.as_deref() == Some("error");
                 self.model = body.model;
-                if let Some(usage) = body.usage.as_ref().filter(|u| u.is_object()) {
-                    merge_usage(&mut self.usage, usage);
+                if let Some(usage) = body.usage.and_then(|u| u.0) {
+                    merge_usage(&mut self.usage, &usage);
                     self.is_final = true;
                 }
             }
@@ -541,7 +544,7 @@ fn trim_tail(mut tail: Vec<u8>) -> Vec<u8> {
 
 /// Finds the last `"usage": {...}` object in the tail of an oversized body. A literal `"usage"`
 /// followed by `:` can only be a key; Anthropic writes the top-level `usage` last.
-fn usage_in_tail(tail: &[u8]) -> Option<Value> {
+fn usage_in_tail(tail: &[u8]) -> Option<UsageObject> {
     let key = b"\"usage\"";
     let mut end = tail.len();
     while let Some(pos) = tail[..end].windows(key.len()).rposition(|w| w == key) {
@@ -550,8 +553,9 @@ fn usage_in_tail(tail: &[u8]) -> Option<Value> {
         if let Some(rest) = rest.strip_prefix(b":") {
             let rest = trim_ws(rest);
             if rest.first() == Some(&b'{') {
-                let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<Value>();
-                if let Some(Ok(v)) = values.next() {
+                let mut values =
+                    serde_json::Deserializer::from_slice(rest).into_iter::<Only<UsageObject>>();
+                if let Some(Ok(Only(Some(v)))) = values.next() {
                     return Some(v);
                 }
             }
@@ -613,13 +617,13 @@ struct Frame {
     #[serde(rename = "type")]
     kind: Option<String>,
     message: Option<MessageHead>,
-    usage: Option<Value>,
+    usage: Option<Only<UsageObject>>,
 }
 
 #[derive(Deserialize)]
 struct MessageHead {
     model: Option<String>,
-    usage: Option<Value>,
+    usage: Option<Only<UsageObject>>,
 }
 
 /// The parts of a non-stream body we read.
@@ -628,7 +632,7 @@ struct Body {
     #[serde(rename = "type")]
     kind: Option<String>,
     model: Option<String>,
-    usage: Option<Value>,
+    usage: Option<Only<UsageObject>>,
 }
 
 /// Merges one Anthropic `usage` object into `u`: fields present (and non-null) overwrite, absent
@@ -638,22 +642,20 @@ struct Body {
 /// `cache_creation_input_tokens` exceeds the split, the remainder is billed as 5m writes (never
 /// undercharge). A total without a split keeps the known 1h part and puts the rest in 5m, which
 /// for a fresh usage means "all 5m" (old API versions only had the total).
-fn merge_usage(u: &mut Usage, v: &Value) {
-    let get = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64);
-    if let Some(n) = get(v, "input_tokens") {
+fn merge_usage(u: &mut Usage, v: &UsageObject) {
+    if let Some(n) = v.input_tokens {
         u.input_tokens = n;
     }
-    if let Some(n) = get(v, "output_tokens") {
+    if let Some(n) = v.output_tokens {
         u.output_tokens = n;
     }
-    if let Some(n) = get(v, "cache_read_input_tokens") {
+    if let Some(n) = v.cache_read_input_tokens {
         u.cache_read_tokens = n;
     }
-    let total = get(v, "cache_creation_input_tokens");
-    match v.get("cache_creation").filter(|s| s.is_object()) {
-        Some(split) => {
-            let m5 = get(split, "ephemeral_5m_input_tokens").unwrap_or(0);
-            let h1 = get(split, "ephemeral_1h_input_tokens").unwrap_or(0);
+    let total = v.cache_creation_input_tokens;
+    match v.cache_creation {
+        Some((m5, h1)) => {
+            let (m5, h1) = (m5.unwrap_or(0), h1.unwrap_or(0));
             let extra = total.unwrap_or(0).saturating_sub(m5.saturating_add(h1));
             u.cache_creation_5m_tokens = m5.saturating_add(extra);
             u.cache_creation_1h_tokens = h1;
@@ -666,10 +668,7 @@ fn merge_usage(u: &mut Usage, v: &Value) {
             }
         }
     }
-    if let Some(n) = v
-        .get("server_tool_use")
-        .and_then(|s| get(s, "web_search_requests"))
-    {
+    if let Some(n) = v.web_search_requests {
         u.web_search_requests = n;
     }
 }

@@ -194,17 +194,21 @@ impl Service<Request<Bytes>> for Upstream {
                 .get::<Arc<Account>>()
                 .cloned()
                 .ok_or_else(|| RelayError::internal("upstream needs a scheduled account"))?;
-            let ctx = req
-                .extensions()
-                .get::<RelayRequest>()
-                .cloned()
-                .ok_or_else(|| RelayError::internal("upstream needs the parse layer before it"))?;
+            if req.extensions().get::<RelayRequest>().is_none() {
+                return Err(RelayError::internal(
+                    "upstream needs the parse layer before it",
+                ));
+            }
             let creds = this.accounts.credentials(&account).await.map_err(|e| {
                 tracing::error!(account = %account.name, error = %e, "no credentials");
                 RelayError::unreachable(account.clone(), "upstream account has no credentials")
             })?;
             let (parts, body) = req.into_parts();
-            let built = build::build(&ctx, &parts, &body, &account, &creds)?;
+            let ctx = parts
+                .extensions
+                .get::<RelayRequest>()
+                .expect("checked above");
+            let built = build::build(ctx, &parts, &body, &account, &creds)?;
             let client = this
                 .clients
                 .client(account.options.proxy.as_ref())
