@@ -180,6 +180,7 @@ pub async fn boot_with(config: Config, master: Option<MasterKey>) -> Result<Boot
         sub2api_core::oauth::TokenClient::new(config.oauth.clone(), Default::default());
     let scheduler_config = SchedulerConfig {
         sticky_ttl: Duration::from_secs(config.relay.sticky_ttl_secs),
+        max_sticky_sessions: config.relay.max_sticky_sessions,
         queue_wait: Duration::from_secs(config.relay.queue_wait_secs),
         ..Default::default()
     };

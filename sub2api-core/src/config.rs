@@ -65,6 +65,9 @@ pub struct RelaySection {
     /// `0` = strict holds (every body byte a token, the default); `N` = N bytes per token.
     pub hold_bytes_per_token: u32,
     pub sticky_ttl_secs: u64,
+    /// The most session bindings the in-process scheduler keeps (least recently used forgotten
+    /// beyond it). Redis expires its bindings by TTL instead.
+    pub max_sticky_sessions: usize,
     /// How long a request waits for a free account slot, and for a free slot of its key and
     /// user.
     pub queue_wait_secs: u64,
@@ -84,6 +87,7 @@ impl Default for RelaySection {
             max_attempts: r.max_attempts,
             hold_bytes_per_token: 0,
             sticky_ttl_secs: 3600,
+            max_sticky_sessions: crate::memory::SchedulerConfig::default().max_sticky_sessions,
             queue_wait_secs: 60,
             stream_wait_pings_after_ms: 0,
         }
