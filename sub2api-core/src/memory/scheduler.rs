@@ -344,14 +344,19 @@ mod tests {
         );
     }
 
+    /// Accounts 1 and 2, same priority, `concurrency` slots each.
+    fn two_accounts(concurrency: u32, config: SchedulerConfig) -> MemoryScheduler {
+        let p = Arc::new(MemoryAccountProvider::new(vec![
+            account(1, 10, concurrency),
+            account(2, 10, concurrency),
+        ]));
+        MemoryScheduler::with_config(p, config)
+    }
+
     #[tokio::test]
     async fn session_bindings_are_bounded_and_the_recent_ones_kept() {
-        let p = Arc::new(MemoryAccountProvider::new(vec![
-            account(1, 10, 100),
-            account(2, 10, 100),
-        ]));
-        let s = MemoryScheduler::with_config(
-            p,
+        let s = two_accounts(
+            100,
             SchedulerConfig {
                 max_sticky_sessions: 64,
                 ..Default::default()
@@ -376,12 +381,8 @@ mod tests {
 
     #[tokio::test]
     async fn sessions_stick_and_busy_requests_wait() {
-        let p = Arc::new(MemoryAccountProvider::new(vec![
-            account(1, 10, 1),
-            account(2, 10, 1),
-        ]));
-        let s = MemoryScheduler::with_config(
-            p,
+        let s = two_accounts(
+            1,
             SchedulerConfig {
                 sticky_wait: Duration::from_millis(50),
                 ..Default::default()
