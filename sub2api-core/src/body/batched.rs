@@ -52,7 +52,7 @@ pub struct Batched<B: Body> {
     /// Turns yielded while holding frames, and how many of the last ones brought nothing.
     turns: u8,
     idle: u8,
-    /// The end has been handed over.
+    /// The end (or an error) has been handed over: nothing more comes.
     ended: bool,
     /// Whether to batch at all (a body of unknown size: a stream).
     batch: bool,
@@ -87,7 +87,7 @@ impl<B: Body<Data = Bytes>> Batched<B> {
         self.turns = 0;
         self.idle = 0;
         let after = self.after.take();
-        self.ended |= matches!(after, Some(None));
+        self.ended |= matches!(after, Some(None | Some(Err(_))));
         after
     }
 }
@@ -106,6 +106,9 @@ where
         let this = self.get_mut();
         if !this.batch {
             return Pin::new(&mut this.inner).poll_frame(cx);
+        }
+        if this.ended {
+            return Poll::Ready(None);
         }
         loop {
             if this.releasing {
