@@ -3,6 +3,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
+use super::preallocated;
 use crate::domain::UserId;
 use crate::ledger::{
     Balance, Charge, Credit, CreditOutcome, EntryKind, Hold, HoldRequest, Ledger, LedgerError,
@@ -79,11 +80,6 @@ impl State {
     }
 }
 
-/// How much of a bound is reserved up front (a bound may be "practically unbounded").
-fn preallocated(bound: usize) -> usize {
-    bound.min(1 << 20)
-}
-
 impl MemoryLedger {
     pub fn new() -> Self {
         Self::default()
@@ -92,9 +88,7 @@ impl MemoryLedger {
     /// A ledger that keeps `journal` recent journal entries and recognises replays of the last
     /// `settled` settlements.
     pub fn with_limits(journal: usize, settled: usize) -> Self {
-        // Sized for their bounds up front: growing one of them doubles it, copying (or rehashing)
-        // every entry while the ledger's lock is held, and every request waits on that lock.
-        // Reserving touches no memory until it is used.
+        // Sized for their bounds up front (see `preallocated`).
         let state = State {
             journal: VecDeque::with_capacity(preallocated(journal)),
             settled: HashMap::with_capacity(preallocated(settled)),

@@ -13,3 +13,10 @@ pub use directory::MemoryDirectory;
 pub use ledger::{JournalEntry, MemoryLedger};
 pub use scheduler::{MemoryScheduler, SchedulerConfig};
 pub use usage_log::MemoryUsageLog;
+
+/// How much of a bounded collection to reserve up front. Reserving touches no memory until it is
+/// used, and a collection that grows by doubling copies (or rehashes) every entry under the lock
+/// that every request waits on; a bound may also be "practically unbounded", hence the cap.
+fn preallocated(bound: usize) -> usize {
+    bound.min(1 << 20)
+}

@@ -21,9 +21,7 @@ impl Default for MemoryUsageLog {
 impl MemoryUsageLog {
     pub fn with_capacity(capacity: usize) -> Self {
         MemoryUsageLog {
-            // Reserved up front (no memory is touched until used): growing would copy every
-            // record while the lock that each request's record waits on is held.
-            records: Mutex::new(VecDeque::with_capacity(capacity.min(1 << 20))),
+            records: Mutex::new(VecDeque::with_capacity(super::preallocated(capacity))),
             capacity,
         }
     }

@@ -243,28 +243,15 @@ async fn run(opts: Opts, args: &[String]) -> Result<(), String> {
     if opts.sections.core {
         let proxy = spawn("proxy".into(), "proxy", None).await?;
         let relay = spawn("relay".into(), "relay", Some("memory".into())).await?;
-        for mode in [Mode::NonStream, Mode::Stream] {
-            for &c in &opts.conc {
-                let targets = [&Target::of(&proxy), &Target::of(&relay)];
-                let [p, r]: [load::Cell; 2] =
-                    load::compare(&client, &targets, mode, c, warmup, cell, opts.rounds)
-                        .await
-                        .try_into()
-                        .expect("two cells");
-                eprintln!(
-                    "bench: {} c={c}: proxy {:.0} req/s, relay {:.0} req/s",
-                    mode.name(),
-                    p.rps(),
-                    r.rps()
-                );
-                report.core.push(CorePair {
-                    mode,
-                    conc: c,
-                    proxy: p,
-                    relay: r,
-                });
-            }
-        }
+        report.core = compare_pair(
+            &client,
+            [&proxy, &relay],
+            &opts,
+            warmup,
+            cell,
+            |m, c, p, r| format!("bench: {m} c={c}: proxy {p:.0} req/s, relay {r:.0} req/s"),
+        )
+        .await;
         report.core_rss = Some((procs::rss(proxy.pid), procs::rss(relay.pid)));
     }
 
@@ -273,28 +260,17 @@ async fn run(opts: Opts, args: &[String]) -> Result<(), String> {
         // actix with 2 HTTP workers in front of the same 2-worker relay runtime.
         let axum = spawn("relay-axum".into(), "relay", Some("memory".into())).await?;
         let actix = spawn("relay-actix".into(), "relay-actix", Some("memory".into())).await?;
-        for mode in [Mode::NonStream, Mode::Stream] {
-            for &c in &opts.conc {
-                let targets = [&Target::of(&axum), &Target::of(&actix)];
-                let [a, x]: [load::Cell; 2] =
-                    load::compare(&client, &targets, mode, c, warmup, cell, opts.rounds)
-                        .await
-                        .try_into()
-                        .expect("two cells");
-                eprintln!(
-                    "bench: adapters {} c={c}: axum {:.0} req/s, actix {:.0} req/s",
-                    mode.name(),
-                    a.rps(),
-                    x.rps()
-                );
-                report.adapters.push(CorePair {
-                    mode,
-                    conc: c,
-                    proxy: a,
-                    relay: x,
-                });
-            }
-        }
+        report.adapters = compare_pair(
+            &client,
+            [&axum, &actix],
+            &opts,
+            warmup,
+            cell,
+            |m, c, a, x| {
+                format!("bench: adapters {m} c={c}: axum {a:.0} req/s, actix {x:.0} req/s")
+            },
+        )
+        .await;
     }
 
     if opts.sections.ledger {
@@ -391,4 +367,35 @@ async fn run(opts: Opts, args: &[String]) -> Result<(), String> {
         eprintln!("bench: report written to {}", path.display());
     }
     Ok(())
+}
+
+/// Two servers compared cell by cell (every mode and concurrency of `opts`), taking turns.
+/// `progress` names a cell's throughputs for stderr.
+async fn compare_pair(
+    client: &reqwest::Client,
+    [a, b]: [&Server; 2],
+    opts: &Opts,
+    warmup: Duration,
+    cell: Duration,
+    progress: impl Fn(&str, usize, f64, f64) -> String,
+) -> Vec<CorePair> {
+    let mut pairs = Vec::new();
+    for mode in [Mode::NonStream, Mode::Stream] {
+        for &c in &opts.conc {
+            let targets = [&Target::of(a), &Target::of(b)];
+            let [x, y]: [load::Cell; 2] =
+                load::compare(client, &targets, mode, c, warmup, cell, opts.rounds)
+                    .await
+                    .try_into()
+                    .expect("two cells");
+            eprintln!("{}", progress(mode.name(), c, x.rps(), y.rps()));
+            pairs.push(CorePair {
+                mode,
+                conc: c,
+                proxy: x,
+                relay: y,
+            });
+        }
+    }
+    pairs
 }

@@ -194,20 +194,15 @@ impl Service<Request<Bytes>> for Upstream {
                 .get::<Arc<Account>>()
                 .cloned()
                 .ok_or_else(|| RelayError::internal("upstream needs a scheduled account"))?;
-            if req.extensions().get::<RelayRequest>().is_none() {
-                return Err(RelayError::internal(
-                    "upstream needs the parse layer before it",
-                ));
-            }
-            let creds = this.accounts.credentials(&account).await.map_err(|e| {
-                tracing::error!(account = %account.name, error = %e, "no credentials");
-                RelayError::unreachable(account.clone(), "upstream account has no credentials")
-            })?;
             let (parts, body) = req.into_parts();
             let ctx = parts
                 .extensions
                 .get::<RelayRequest>()
-                .expect("checked above");
+                .ok_or_else(|| RelayError::internal("upstream needs the parse layer before it"))?;
+            let creds = this.accounts.credentials(&account).await.map_err(|e| {
+                tracing::error!(account = %account.name, error = %e, "no credentials");
+                RelayError::unreachable(account.clone(), "upstream account has no credentials")
+            })?;
             let built = build::build(ctx, &parts, &body, &account, &creds)?;
             let client = this
                 .clients

@@ -16,6 +16,22 @@ pub struct CorePair {
     pub relay: Cell,
 }
 
+impl CorePair {
+    /// A line for each side that had errors, naming it `names[0]` / `names[1]`.
+    fn errors(&self, names: [&str; 2], out: &mut Vec<String>) {
+        for (who, c) in names.into_iter().zip([&self.proxy, &self.relay]) {
+            if let Some(e) = &c.first_error {
+                out.push(format!(
+                    "{who} {} c={}: {} errors, first: {e}",
+                    self.mode.name(),
+                    self.conc,
+                    c.errors
+                ));
+            }
+        }
+    }
+}
+
 pub struct LedgerRow {
     pub ledger: String,
     pub mode: Mode,
@@ -194,16 +210,7 @@ impl Report {
                     p.relay.errors,
                     settled(&p.relay)
                 );
-                for (who, c) in [("proxy", &p.proxy), ("relay", &p.relay)] {
-                    if let Some(e) = &c.first_error {
-                        errors.push(format!(
-                            "{who} {} c={}: {} errors, first: {e}",
-                            p.mode.name(),
-                            p.conc,
-                            c.errors
-                        ));
-                    }
-                }
+                p.errors(["proxy", "relay"], &mut errors);
                 if p.conc == 64 {
                     targets.push(format!(
                         "relay ≥ {:.0}% of the proxy's throughput at c=64 ({}): {:.0}% → {}",
@@ -267,16 +274,7 @@ impl Report {
                     settled(a),
                     settled(x)
                 );
-                for (who, c) in [("axum", a), ("actix", x)] {
-                    if let Some(e) = &c.first_error {
-                        errors.push(format!(
-                            "{who} {} c={}: {} errors, first: {e}",
-                            p.mode.name(),
-                            p.conc,
-                            c.errors
-                        ));
-                    }
-                }
+                p.errors(["axum", "actix"], &mut errors);
                 targets.push(format!(
                     "actix within 10% of axum ({} c={}): throughput {:.0}% → {}",
                     p.mode.name(),
