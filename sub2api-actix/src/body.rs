@@ -66,11 +66,11 @@ pub(crate) fn request_body(mut payload: web::Payload) -> (ChannelBody, impl Futu
 pub(crate) struct ResponseBody {
     size: BodySize,
     body: Received,
-    _owner: Owner,
+    _owner: Option<Owner>,
 }
 
 impl ResponseBody {
-    pub(crate) fn new(size: Option<u64>, body: Received, owner: Owner) -> Self {
+    pub(crate) fn new(size: Option<u64>, body: Received, owner: Option<Owner>) -> Self {
         let size = size.map_or(BodySize::Stream, BodySize::Sized);
         ResponseBody {
             size,

@@ -1,20 +1,16 @@
-//! One request's relay side, run as a task on the relay runtime.
+//! A response body's relay side, pumped by a task on the relay runtime.
 //!
-//! The relay's call, its response body, and the upstream connection the body reads from all live
-//! on the relay runtime, while actix serves the client from its own worker threads. Polling the
-//! relay from the actix worker (the obvious way) makes every step between the relay and its
-//! upstream connection a wake-up across threads: hyper hands each body chunk over only once the
-//! reader asked for it, so an SSE reply of twenty events cost forty cross-thread wake-ups, each a
-//! syscall and a context switch on both sides. Here the relay is polled by a task on its own
-//! runtime, next to its upstream connection, and only the answer crosses over: the response head
-//! (with the whole body, when it is small and of known size) and then batches of chunks through a
-//! bounded channel, which actix drains in one write.
+//! actix polls the relay's call on its own worker (see the crate docs), and reads a small body of
+//! known size there too. A stream, or a large body, is read by a task on the relay runtime
+//! instead, next to the upstream connection it comes from: hyper hands a body's chunks over one
+//! at a time, only once the reader asked, so an SSE reply of twenty events read from the actix
+//! worker would cost forty wake-ups across threads. The task hands actix batches of chunks through
+//! a bounded channel, which actix drains in one write.
 //!
-//! What the relay holds of the request (the call, then the body) sits in a slot both sides can
-//! reach. The task polls it; actix owns it ([`Owner`]): when actix lets go (the client left, the
-//! server stopped), the owner drops whatever is in the slot at once, inside the relay runtime, as
-//! if the relay value had been polled on the actix worker. So the relay's drain or hold release is
-//! spawned, and tracked for [`Relay::shutdown`], before actix's drop returns.
+//! The body sits in a slot both sides can reach. The task polls it; actix owns it ([`Owner`]):
+//! when actix lets go (the client left, the server stopped), the owner drops the body at once,
+//! inside the relay runtime, as if it had been polled on the actix worker. So the relay's drain
+//! is spawned, and tracked for [`Relay::shutdown`], before actix's drop returns.
 //!
 //! [`Relay::shutdown`]: sub2api_core::relay::Relay::shutdown
 
@@ -26,30 +22,21 @@ use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
 use http_body::Body;
 use sub2api_core::BoxError;
 use sub2api_core::body::{Batched, RelayBody};
 use tokio::runtime::Handle;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::runtime::Alive;
-
-/// A body of known size up to this many bytes is read whole before the head is handed to actix:
-/// one hand-over instead of three (head, chunk, end). A non-stream reply's last bytes wait for its
-/// settlement anyway, so the client gets them no later.
-const WHOLE_BODY_BYTES: u64 = 256 * 1024;
 
 /// Response chunks in flight from the relay task to actix: a few SSE events of read-ahead, like a
 /// socket buffer, before the task waits for actix to write.
 const CHUNKS_IN_FLIGHT: usize = 16;
 
-/// What the relay holds of one request, in order.
-enum Held {
-    Call(BoxFuture<'static, http::Response<RelayBody>>),
-    /// Batched: the events already on their way come out back to back, and go over as one chunk.
-    Body(Batched<RelayBody>),
-}
+/// The body, batched: the events already on their way come out back to back, and go over as one
+/// chunk.
+type Held = Batched<RelayBody>;
 
 type Slot = Arc<Mutex<Option<Held>>>;
 
@@ -77,7 +64,7 @@ impl Drop for Owner {
     }
 }
 
-/// The relay's answer as the task hands it to actix.
+/// The relay's answer as actix serves it.
 pub(crate) struct Head {
     pub(crate) parts: http::response::Parts,
     /// The body's exact size, when the relay knows it.
@@ -94,92 +81,27 @@ pub(crate) struct Received {
     pub(crate) rest: Option<mpsc::Receiver<Result<Bytes, BoxError>>>,
 }
 
-/// Starts `call` as a task on `runtime`. The receiver gets the head once the relay answered (or
-/// fails if the task could not run); the owner must be kept for as long as the response is.
+/// Starts pumping `body` from a task on `runtime`. The receiver gets its chunks; the owner must
+/// be kept for as long as the response is.
 pub(crate) fn start(
-    call: BoxFuture<'static, http::Response<RelayBody>>,
+    body: RelayBody,
     runtime: &Handle,
     alive: Option<Alive>,
-) -> (oneshot::Receiver<Head>, Owner) {
-    let slot: Slot = Arc::new(Mutex::new(Some(Held::Call(call))));
-    let (head_tx, head_rx) = oneshot::channel();
-    runtime.spawn(run(slot.clone(), head_tx, alive.clone()));
+) -> (mpsc::Receiver<Result<Bytes, BoxError>>, Owner) {
+    let slot: Slot = Arc::new(Mutex::new(Some(Batched::new(body))));
+    let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+    runtime.spawn(run(slot.clone(), tx, alive.clone()));
     let owner = Owner {
         slot,
         runtime: runtime.clone(),
         _alive: alive,
     };
-    (head_rx, owner)
+    (rx, owner)
 }
 
-/// The task: the call until the head, then the body, each polled in the slot. Whenever actix
-/// lets go (a closed channel), the task just ends: the owner has dropped, or will drop, the rest.
-async fn run(slot: Slot, mut head_tx: oneshot::Sender<Head>, _alive: Option<Alive>) {
-    let call = poll_fn(|cx| {
-        let mut held = lock(&slot);
-        let Some(Held::Call(call)) = held.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let Poll::Ready(response) = call.as_mut().poll(cx) else {
-            return Poll::Pending;
-        };
-        let (parts, body) = response.into_parts();
-        let size = body.size_hint().exact();
-        *held = Some(Held::Body(Batched::new(body)));
-        Poll::Ready(Some((parts, size)))
-    });
-    let (parts, size) = tokio::select! {
-        biased;
-        answer = call => match answer {
-            Some(answer) => answer,
-            None => return,
-        },
-        () = head_tx.closed() => return,
-    };
-
-    let mut body = Received {
-        ready: VecDeque::new(),
-        failed: None,
-        rest: None,
-    };
-    if size.is_some_and(|n| n <= WHOLE_BODY_BYTES) {
-        let mut bytes = 0;
-        loop {
-            let next = tokio::select! {
-                biased;
-                next = next_chunk(&slot) => next,
-                () = head_tx.closed() => return,
-            };
-            match next {
-                Next::Chunk(data) => {
-                    bytes += data.len() as u64;
-                    body.ready.push_back(data);
-                    // The relay's size was wrong: stream the rest instead of buffering it.
-                    if bytes > WHOLE_BODY_BYTES {
-                        break;
-                    }
-                }
-                Next::Failed(e) => {
-                    body.failed = Some(e);
-                    finish(&slot);
-                    let _ = head_tx.send(Head { parts, size, body });
-                    return;
-                }
-                Next::End => {
-                    finish(&slot);
-                    let _ = head_tx.send(Head { parts, size, body });
-                    return;
-                }
-                Next::Gone => return,
-            }
-        }
-    }
-
-    let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
-    body.rest = Some(rx);
-    if head_tx.send(Head { parts, size, body }).is_err() {
-        return;
-    }
+/// The task: the body's chunks, a burst at a time, until it ends or fails. Whenever actix lets go
+/// (a closed channel), the task just ends: the owner has dropped, or will drop, the rest.
+async fn run(slot: Slot, tx: mpsc::Sender<Result<Bytes, BoxError>>, _alive: Option<Alive>) {
     let mut after = None;
     loop {
         let next = match after.take() {
@@ -237,7 +159,7 @@ enum Next {
 async fn next_chunk(slot: &Slot) -> Next {
     poll_fn(|cx| {
         let mut held = lock(slot);
-        let Some(Held::Body(body)) = held.as_mut() else {
+        let Some(body) = held.as_mut() else {
             return Poll::Ready(Next::Gone);
         };
         loop {

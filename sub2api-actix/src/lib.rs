@@ -54,10 +54,12 @@
 
 pub mod api;
 mod body;
+mod call;
 mod exchange;
 mod runtime;
 mod server;
 
+use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::sync::Arc;
@@ -66,13 +68,16 @@ use std::task::Poll;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, Scope, web};
+use http_body::Body;
 use sub2api_core::relay::{Relay, RelayApp};
+use sub2api_core::runtime::LocalRuntime;
 use tokio::runtime::Handle;
 
 pub use server::{ActixServer, ServeOptions, spawn, spawn_with};
 
 use crate::body::{ResponseBody, request_body};
-use crate::exchange::{Head, Owner};
+use crate::call::{InPlace, WholeEnd};
+use crate::exchange::{Head, Owner, Received};
 
 /// Every relay route, ready to be registered on an actix `App`, a `Scope` or a `ServiceConfig`.
 ///
@@ -155,21 +160,60 @@ impl Mount {
                 .extensions_mut()
                 .insert(sub2api_core::layer::auth::ClientAddr(addr));
         }
-        let (head, owner) = exchange::start(
+        // This worker polls the request from start to end: its upstream connection may live here.
+        if let Some(local) = LocalRuntime::current() {
+            request.extensions_mut().insert(local);
+        }
+        let call = InPlace::new(
             self.app.call_with(request),
             &self.runtime,
             self.alive.clone(),
         );
-        let head = if fed {
-            head.await
+        let response = if fed {
+            call.await
         } else {
-            drive(head, feed).await
+            drive(call, feed).await
         };
-        match head {
-            Ok(head) => actix_response(head, owner),
-            // The relay task did not answer: it panicked, or the relay runtime is gone.
-            Err(_) => HttpResponse::InternalServerError().finish(),
-        }
+        let (parts, body) = response.into_parts();
+        let size = body.size_hint().exact();
+        let mut received = Received {
+            ready: VecDeque::new(),
+            failed: None,
+            rest: None,
+        };
+        let body = if size.is_some_and(|n| n <= call::WHOLE_BODY_BYTES) {
+            let whole = InPlace::new(
+                Box::pin(call::read_whole(body)),
+                &self.runtime,
+                self.alive.clone(),
+            )
+            .await;
+            received.ready = whole.ready;
+            match whole.end {
+                WholeEnd::Done => None,
+                WholeEnd::Failed(e) => {
+                    received.failed = Some(e);
+                    None
+                }
+                // The relay's size was wrong: stream the rest instead of buffering it.
+                WholeEnd::More(rest) => Some(rest),
+            }
+        } else {
+            Some(body)
+        };
+        let owner = body.map(|body| {
+            let (rest, owner) = exchange::start(body, &self.runtime, self.alive.clone());
+            received.rest = Some(rest);
+            owner
+        });
+        actix_response(
+            Head {
+                parts,
+                size,
+                body: received,
+            },
+            owner,
+        )
     }
 }
 
@@ -245,7 +289,7 @@ fn hop_by_hop(name: &http::HeaderName) -> bool {
     )
 }
 
-fn actix_response(head: Head, owner: Owner) -> HttpResponse {
+fn actix_response(head: Head, owner: Option<Owner>) -> HttpResponse {
     let Head { parts, size, body } = head;
     let status =
         StatusCode::from_u16(parts.status.as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

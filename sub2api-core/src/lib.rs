@@ -27,6 +27,7 @@ pub mod pricing;
 pub mod protocol;
 pub mod relay;
 pub mod request;
+pub mod runtime;
 pub mod scheduler;
 pub mod store;
 pub mod subscription;

@@ -31,7 +31,7 @@ use crate::layer::request_id::RequestIdLayer;
 use crate::layer::reserve::ReserveLayer;
 use crate::layer::schedule::ScheduleLayer;
 use crate::layer::stream_wait::StreamWaitLayer;
-use crate::layer::upstream::Upstream;
+use crate::layer::upstream::{ClientPool, Upstream};
 use crate::ledger::Ledger;
 use crate::meter::{Meter, PricedMeter};
 use crate::metrics::Metrics;
@@ -105,15 +105,28 @@ pub struct Relay {
 }
 
 impl Relay {
+    /// Upstream requests go out on [`Upstream::default_client`]s: a shared one, and one per
+    /// thread for servers that poll a request on one thread's runtime (see
+    /// [`ClientPool::with_local_clients`]).
     pub fn new(parts: RelayParts, config: RelayConfig) -> Self {
-        Self::with_client(parts, config, Upstream::default_client())
+        let clients = ClientPool::new(Upstream::default_client())
+            .with_local_clients(Upstream::default_client);
+        Self::with_clients(parts, config, clients)
     }
 
+    /// Upstream requests go out on `client` (and its connections live on the runtime of the
+    /// request that opened them).
     pub fn with_client(parts: RelayParts, config: RelayConfig, client: reqwest::Client) -> Self {
+        Self::with_clients(parts, config, ClientPool::new(client))
+    }
+
+    /// Upstream requests go out on `clients`.
+    pub fn with_clients(parts: RelayParts, config: RelayConfig, clients: ClientPool) -> Self {
         let keys = Arc::new(KeyCache::new(parts.directory.clone()));
         let metrics = Arc::new(Metrics::default());
         let tracker = TaskTracker::new();
-        let upstream = Upstream::new(client, parts.accounts.clone(), config.first_byte_timeout);
+        let upstream =
+            Upstream::with_clients(clients, parts.accounts.clone(), config.first_byte_timeout);
         let stack = ServiceBuilder::new()
             .layer(RequestIdLayer)
             .layer(ErrorRenderLayer)

@@ -30,7 +30,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Either};
 use http::{HeaderName, Request, Response};
 use tower::Service;
 
@@ -42,6 +42,7 @@ use crate::error::RelayError;
 use crate::protocol::reframe::{SseRewrite, WholeRewrite, map_event_data};
 use crate::protocol::{anthropic, gemini, json::replace_strings_at, openai};
 use crate::request::RelayRequest;
+use crate::runtime::{Entered, LocalRuntime};
 
 /// Which credentials an attempt used (a fingerprint of the token, never the token), set on the
 /// response for failover.
@@ -204,18 +205,38 @@ impl Service<Request<Bytes>> for Upstream {
                 RelayError::unreachable(account.clone(), "upstream account has no credentials")
             })?;
             let built = build::build(ctx, &parts, &body, &account, &creds)?;
-            let client = this
-                .clients
-                .client(account.options.proxy.as_ref())
-                .map_err(|e| {
-                    tracing::error!(account = %account.name, error = %e, "account proxy unusable");
-                    RelayError::unreachable(account.clone(), "upstream account proxy is unusable")
-                })?;
+            // A non-stream request its server polls on one thread's runtime goes out on that
+            // thread's own connection (see `ClientPool`).
+            let local = parts
+                .extensions
+                .get::<LocalRuntime>()
+                .filter(|_| !ctx.stream && account.options.proxy.is_none())
+                .and_then(|rt| Some((this.clients.local_client()?, rt.handle().clone())));
+            let (client, local) = match local {
+                Some((client, rt)) => (client, Some(rt)),
+                None => {
+                    let client = this
+                        .clients
+                        .client(account.options.proxy.as_ref())
+                        .map_err(|e| {
+                            tracing::error!(account = %account.name, error = %e, "account proxy unusable");
+                            RelayError::unreachable(
+                                account.clone(),
+                                "upstream account proxy is unusable",
+                            )
+                        })?;
+                    (client, None)
+                }
+            };
             let send = client
                 .request(built.method, built.url)
                 .headers(built.headers)
                 .body(built.body)
                 .send();
+            let send = match local {
+                Some(rt) => Either::Left(Entered::new(rt, send)),
+                None => Either::Right(send),
+            };
             let res = match tokio::time::timeout(this.first_byte_timeout, send).await {
                 Ok(Ok(res)) => res,
                 Ok(Err(e)) => {
