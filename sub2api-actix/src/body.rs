@@ -1,6 +1,7 @@
 //! The two bodies crossing the adapter: actix's request payload into the relay, the relay's
 //! response body out to actix.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -11,9 +12,13 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body::{Body, Frame};
 use sub2api_core::BoxError;
+use sub2api_core::body::{Batched, RelayBody};
+use sub2api_core::runtime::Entered;
+use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
-use crate::exchange::{Owner, Received};
+use crate::call::{Whole, WholeEnd};
+use crate::runtime::Alive;
 
 /// Payload chunks in flight between actix and the relay.
 const REQUEST_CHUNKS_IN_FLIGHT: usize = 8;
@@ -59,23 +64,38 @@ pub(crate) fn request_body(mut payload: web::Payload) -> (ChannelBody, impl Futu
     (ChannelBody { rx }, feed)
 }
 
-/// The relay's response body as an actix `MessageBody`: the chunks the relay task hands over,
-/// written as they arrive (a batch that arrived together goes out in one write). It holds the
-/// request's [`Owner`]: when actix drops the response (the client left), what the relay still
-/// holds is dropped with it, inside the relay's runtime.
+/// The relay's response body as an actix `MessageBody`: what was read before the head, then the
+/// rest, polled on this worker inside the relay runtime (a stream's events arrive in bursts, see
+/// [`Batched`], and each burst is one write). When actix drops the response (the client left),
+/// the rest is dropped inside the relay runtime too, where its drain then runs.
 pub(crate) struct ResponseBody {
     size: BodySize,
-    body: Received,
-    _owner: Option<Owner>,
+    ready: VecDeque<Bytes>,
+    /// The body failed after `ready`.
+    failed: Option<BoxError>,
+    rest: Option<Entered<Batched<RelayBody>>>,
+    /// Dropped only after `rest` (see [`Alive`]).
+    _alive: Option<Alive>,
 }
 
 impl ResponseBody {
-    pub(crate) fn new(size: Option<u64>, body: Received, owner: Option<Owner>) -> Self {
+    /// `size`: the body's exact size, when the relay knows it.
+    pub(crate) fn new(size: Option<u64>, whole: Whole, runtime: &Handle, alive: Option<Alive>) -> Self {
         let size = size.map_or(BodySize::Stream, BodySize::Sized);
+        let (failed, rest) = match whole.end {
+            WholeEnd::Done => (None, None),
+            WholeEnd::Failed(e) => (Some(e), None),
+            WholeEnd::More(rest) => (
+                None,
+                Some(Entered::new(runtime.clone(), Batched::new(rest))),
+            ),
+        };
         ResponseBody {
             size,
-            body,
-            _owner: owner,
+            ready: whole.ready,
+            failed,
+            rest,
+            _alive: alive,
         }
     }
 }
@@ -107,18 +127,29 @@ impl MessageBody for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, ResponseBodyError>>> {
-        let body = &mut self.get_mut().body;
-        if let Some(data) = body.ready.pop_front() {
+        let this = self.get_mut();
+        if let Some(data) = this.ready.pop_front() {
             return Poll::Ready(Some(Ok(data)));
         }
-        if let Some(e) = body.failed.take() {
+        if let Some(e) = this.failed.take() {
             return Poll::Ready(Some(Err(ResponseBodyError(e))));
         }
-        let Some(rest) = body.rest.as_mut() else {
+        let Some(rest) = this.rest.as_mut() else {
             return Poll::Ready(None);
         };
-        rest.poll_recv(cx)
-            .map(|chunk| chunk.map(|r| r.map_err(ResponseBodyError)))
+        loop {
+            return match Pin::new(&mut *rest).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) if !data.is_empty() => Poll::Ready(Some(Ok(data))),
+                    // Empty chunks would end a chunked HTTP/1.1 body early; trailers have no
+                    // place in an actix response.
+                    _ => continue,
+                },
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ResponseBodyError(e)))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            };
+        }
     }
 
     fn try_into_bytes(mut self) -> Result<Bytes, Self>
@@ -126,9 +157,8 @@ impl MessageBody for ResponseBody {
         Self: Sized,
     {
         // A whole body in one chunk (or none): actix writes it with the head, without polling.
-        let body = &mut self.body;
-        if body.ready.len() <= 1 && body.failed.is_none() && body.rest.is_none() {
-            return Ok(body.ready.pop_front().unwrap_or_default());
+        if self.ready.len() <= 1 && self.failed.is_none() && self.rest.is_none() {
+            return Ok(self.ready.pop_front().unwrap_or_default());
         }
         Err(self)
     }

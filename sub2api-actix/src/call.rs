@@ -8,9 +8,11 @@
 //! non-stream request, opened on the worker's own runtime ([`LocalRuntime`]): the worker reads
 //! it, so nothing crosses threads between the vendor's answer and the client's.
 //!
-//! A body of known size up to [`WHOLE_BODY_BYTES`] is read whole here as well, before actix gets
-//! the head: one hand-over, and it is written with the head. Anything else goes to the relay
-//! runtime ([`crate::exchange`]).
+//! Every other request (a stream, a proxied account) goes upstream, and is read, on the relay
+//! runtime, and its body comes over in bursts (see `sub2api_core::layer::upstream`).
+//!
+//! A body of known size up to [`WHOLE_BODY_BYTES`] is read whole before actix gets the head, so
+//! actix writes it with the head.
 //!
 //! [`LocalRuntime`]: sub2api_core::runtime::LocalRuntime
 
@@ -63,7 +65,7 @@ impl<T> std::future::Future for InPlace<T> {
     }
 }
 
-/// A small body read whole.
+/// A body read whole, or its start.
 pub(crate) struct Whole {
     pub(crate) ready: VecDeque<Bytes>,
     pub(crate) end: WholeEnd,
@@ -76,6 +78,14 @@ pub(crate) enum WholeEnd {
     Failed(BoxError),
     /// The size was wrong: the rest is still to be read.
     More(RelayBody),
+}
+
+/// Nothing read yet: all of `body` is still to come.
+pub(crate) fn unread(body: RelayBody) -> Whole {
+    Whole {
+        ready: VecDeque::new(),
+        end: WholeEnd::More(body),
+    }
 }
 
 /// Reads `body` whole, up to [`WHOLE_BODY_BYTES`]. The body is dropped (its settlement done) by

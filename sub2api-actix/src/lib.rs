@@ -55,11 +55,9 @@
 pub mod api;
 mod body;
 mod call;
-mod exchange;
 mod runtime;
 mod server;
 
-use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::sync::Arc;
@@ -76,8 +74,7 @@ use tokio::runtime::Handle;
 pub use server::{ActixServer, ServeOptions, spawn, spawn_with};
 
 use crate::body::{ResponseBody, request_body};
-use crate::call::{InPlace, WholeEnd};
-use crate::exchange::{Head, Owner, Received};
+use crate::call::InPlace;
 
 /// Every relay route, ready to be registered on an actix `App`, a `Scope` or a `ServiceConfig`.
 ///
@@ -176,43 +173,19 @@ impl Mount {
         };
         let (parts, body) = response.into_parts();
         let size = body.size_hint().exact();
-        let mut received = Received {
-            ready: VecDeque::new(),
-            failed: None,
-            rest: None,
-        };
-        let body = if size.is_some_and(|n| n <= call::WHOLE_BODY_BYTES) {
-            let whole = InPlace::new(
+        let whole = if size.is_some_and(|n| n <= call::WHOLE_BODY_BYTES) {
+            InPlace::new(
                 Box::pin(call::read_whole(body)),
                 &self.runtime,
                 self.alive.clone(),
             )
-            .await;
-            received.ready = whole.ready;
-            match whole.end {
-                WholeEnd::Done => None,
-                WholeEnd::Failed(e) => {
-                    received.failed = Some(e);
-                    None
-                }
-                // The relay's size was wrong: stream the rest instead of buffering it.
-                WholeEnd::More(rest) => Some(rest),
-            }
+            .await
         } else {
-            Some(body)
+            call::unread(body)
         };
-        let owner = body.map(|body| {
-            let (rest, owner) = exchange::start(body, &self.runtime, self.alive.clone());
-            received.rest = Some(rest);
-            owner
-        });
         actix_response(
-            Head {
-                parts,
-                size,
-                body: received,
-            },
-            owner,
+            parts,
+            ResponseBody::new(size, whole, &self.runtime, self.alive.clone()),
         )
     }
 }
@@ -289,8 +262,7 @@ fn hop_by_hop(name: &http::HeaderName) -> bool {
     )
 }
 
-fn actix_response(head: Head, owner: Option<Owner>) -> HttpResponse {
-    let Head { parts, size, body } = head;
+fn actix_response(parts: http::response::Parts, body: ResponseBody) -> HttpResponse {
     let status =
         StatusCode::from_u16(parts.status.as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut builder = HttpResponse::build(status);
@@ -305,7 +277,7 @@ fn actix_response(head: Head, owner: Option<Owner>) -> HttpResponse {
             builder.append_header((name, value));
         }
     }
-    builder.body(ResponseBody::new(size, body, owner))
+    builder.body(body)
 }
 
 #[cfg(test)]

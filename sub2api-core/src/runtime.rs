@@ -20,9 +20,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use http_body::{Body, Frame, SizeHint};
 use tokio::runtime::{Handle, RuntimeFlavor};
 
-/// A future polled, and dropped, inside `runtime`'s context.
+/// A future (or a body) polled, and dropped, inside `runtime`'s context.
 ///
 /// Dropping it inside the context matters as much as polling it: the relay's bodies and calls
 /// start their drains and hold releases from `Drop`.
@@ -58,6 +59,35 @@ impl<F: Future + Unpin> Future for Entered<F> {
             this.inner = None;
         }
         polled
+    }
+}
+
+/// A body polled, and dropped, inside the runtime's context: a response body the relay's metering
+/// reads, whose drop starts a drain.
+impl<B: Body + Unpin> Body for Entered<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let _enter = this.runtime.enter();
+        Pin::new(inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 

@@ -21,6 +21,7 @@
 
 pub mod build;
 mod client;
+mod home;
 
 pub use build::{ResponsePlan, fits};
 pub use client::{ClientPool, builder as client_builder};
@@ -30,7 +31,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::{BoxFuture, Either};
+use futures_util::future::BoxFuture;
 use http::{HeaderName, Request, Response};
 use tower::Service;
 
@@ -43,6 +44,16 @@ use crate::protocol::reframe::{SseRewrite, WholeRewrite, map_event_data};
 use crate::protocol::{anthropic, gemini, json::replace_strings_at, openai};
 use crate::request::RelayRequest;
 use crate::runtime::{Entered, LocalRuntime};
+
+/// Where an attempt's request is sent and read.
+enum Route {
+    /// On the runtime polling the request (the usual case).
+    Here,
+    /// On the thread's own connection, polled there ([`LocalRuntime`]).
+    Local(tokio::runtime::Handle),
+    /// On the shared clients, from a task on the relay's home runtime ([`home`]).
+    Home(tokio::runtime::Handle),
+}
 
 /// Which credentials an attempt used (a fingerprint of the token, never the token), set on the
 /// response for failover.
@@ -98,10 +109,9 @@ fn is_limit_header(name: &str) -> bool {
         || name.starts_with("x-ratelimit-")
 }
 
-fn client_response(res: reqwest::Response, dialect: Dialect) -> Response<RelayBody> {
-    let res: Response<reqwest::Body> = res.into();
+fn client_response(res: Response<RelayBody>, dialect: Dialect) -> Response<RelayBody> {
     let (parts, body) = res.into_parts();
-    let mut out = Response::new(boxed(body));
+    let mut out = Response::new(body);
     *out.status_mut() = parts.status;
     let returned = match dialect {
         Dialect::Anthropic => anthropic::RETURNED_HEADERS,
@@ -205,15 +215,15 @@ impl Service<Request<Bytes>> for Upstream {
                 RelayError::unreachable(account.clone(), "upstream account has no credentials")
             })?;
             let built = build::build(ctx, &parts, &body, &account, &creds)?;
-            // A non-stream request its server polls on one thread's runtime goes out on that
-            // thread's own connection (see `ClientPool`).
-            let local = parts
-                .extensions
-                .get::<LocalRuntime>()
+            // A request its server polls on one thread's own runtime (an actix worker): a
+            // non-stream one goes out on that thread's own connection, anything else is sent and
+            // read on the relay's home runtime, the one it is polled inside (see `home`).
+            let polled_on = parts.extensions.get::<LocalRuntime>();
+            let local = polled_on
                 .filter(|_| !ctx.stream && account.options.proxy.is_none())
                 .and_then(|rt| Some((this.clients.local_client()?, rt.handle().clone())));
-            let (client, local) = match local {
-                Some((client, rt)) => (client, Some(rt)),
+            let (client, route) = match local {
+                Some((client, rt)) => (client, Route::Local(rt)),
                 None => {
                     let client = this
                         .clients
@@ -225,22 +235,30 @@ impl Service<Request<Bytes>> for Upstream {
                                 "upstream account proxy is unusable",
                             )
                         })?;
-                    (client, None)
+                    let route = match polled_on {
+                        Some(_) => Route::Home(tokio::runtime::Handle::current()),
+                        None => Route::Here,
+                    };
+                    (client, route)
                 }
             };
-            let send = client
+            let request = client
                 .request(built.method, built.url)
                 .headers(built.headers)
-                .body(built.body)
-                .send();
-            let send = match local {
-                Some(rt) => Either::Left(Entered::new(rt, send)),
-                None => Either::Right(send),
+                .body(built.body);
+            let sent = async move {
+                let sent = match route {
+                    Route::Here => request.send().await,
+                    Route::Local(rt) => Entered::new(rt, request.send()).await,
+                    Route::Home(home) => return home::send(&home, request).await,
+                };
+                sent.map(|res| http::Response::from(res).map(boxed))
+                    .map_err(|e| e.without_url().to_string())
             };
-            let res = match tokio::time::timeout(this.first_byte_timeout, send).await {
+            let res = match tokio::time::timeout(this.first_byte_timeout, sent).await {
                 Ok(Ok(res)) => res,
                 Ok(Err(e)) => {
-                    tracing::warn!(account = %account.name, error = %e.without_url(), "upstream request failed");
+                    tracing::warn!(account = %account.name, error = %e, "upstream request failed");
                     return Err(RelayError::unreachable(account, "upstream unreachable"));
                 }
                 Err(_) => {

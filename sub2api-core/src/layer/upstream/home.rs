@@ -1,0 +1,236 @@
+//! An upstream exchange run on the relay's home runtime for a request polled on another thread.
+//!
+//! A server that polls its requests on a single-threaded runtime of its own (an actix worker,
+//! see [`LocalRuntime`]) sends a non-stream request on that thread's own connection. A stream
+//! cannot go there: when its client leaves, the relay keeps reading it for the final usage, and
+//! that drain may outlast the worker's runtime (a server stop). So a stream goes out on the shared
+//! clients, whose connections live on the relay's home runtime, and is read there too: hyper's
+//! client hands over a body's chunks one at a time, only once the reader asked, so reading it from
+//! the other thread would cost two wake-ups across threads per SSE event. Here a task next to the
+//! connection sends the request, hands the head over, and then the body in bursts (the chunks
+//! already on their way, as one), through a bounded channel.
+//!
+//! [`LocalRuntime`]: crate::runtime::LocalRuntime
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::BoxError;
+use crate::body::{RelayBody, boxed};
+
+/// Frames in flight from the home task to the reader: a few SSE events of read-ahead, like a
+/// socket buffer, before the task waits for the reader.
+const FRAMES_IN_FLIGHT: usize = 16;
+
+/// Why an exchange failed, for the log (the URL left out).
+pub(crate) type Failure = String;
+
+/// Sends `send` from a task on `home` and returns the response, its body read there. Dropping
+/// the future before the head, or the body later, stops the task and drops the connection's
+/// request.
+pub(crate) async fn send(
+    home: &Handle,
+    send: reqwest::RequestBuilder,
+) -> Result<http::Response<RelayBody>, Failure> {
+    let (head_tx, head_rx) = oneshot::channel();
+    home.spawn(run(send, head_tx));
+    match head_rx.await {
+        Ok(head) => head,
+        Err(_) => Err("the relay runtime dropped the upstream request".to_owned()),
+    }
+}
+
+type HeadTx = oneshot::Sender<Result<http::Response<RelayBody>, Failure>>;
+
+async fn run(send: reqwest::RequestBuilder, mut head_tx: HeadTx) {
+    let res = tokio::select! {
+        biased;
+        res = send.send() => res,
+        () = head_tx.closed() => return,
+    };
+    let res = match res {
+        Ok(res) => http::Response::<reqwest::Body>::from(res),
+        Err(e) => {
+            let _ = head_tx.send(Err(e.without_url().to_string()));
+            return;
+        }
+    };
+    let (parts, body) = res.into_parts();
+    let (tx, rx) = mpsc::channel(FRAMES_IN_FLIGHT);
+    let crossing = Crossing {
+        rx,
+        size: body.size_hint(),
+    };
+    if head_tx
+        .send(Ok(http::Response::from_parts(parts, boxed(crossing))))
+        .is_err()
+    {
+        return;
+    }
+    pump(body, tx).await;
+}
+
+type Next = Option<Result<Frame<Bytes>, BoxError>>;
+
+/// Hands the body over until it ends, fails, or the reader lets go.
+async fn pump(mut body: reqwest::Body, tx: mpsc::Sender<Result<Frame<Bytes>, BoxError>>) {
+    let mut after: Option<Next> = None;
+    loop {
+        let next = match after.take() {
+            Some(next) => next,
+            None => tokio::select! {
+                biased;
+                next = body.frame() => next.map(|r| r.map_err(BoxError::from)),
+                () = tx.closed() => return,
+            },
+        };
+        let frame = match next {
+            None => return,
+            Some(Err(e)) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+            Some(Ok(frame)) => frame,
+        };
+        let frame = match frame.into_data() {
+            Ok(data) => {
+                // The rest of a burst is ready at once: one frame, one wake-up of the reader.
+                let mut burst: Option<BytesMut> = None;
+                loop {
+                    match body.frame().now_or_never() {
+                        Some(Some(Ok(more))) if more.is_data() => {
+                            let more = more.into_data().unwrap_or_default();
+                            burst
+                                .get_or_insert_with(|| BytesMut::from(&data[..]))
+                                .extend_from_slice(&more);
+                        }
+                        Some(other) => {
+                            after = Some(other.map(|r| r.map_err(BoxError::from)));
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                Frame::data(burst.map_or(data, BytesMut::freeze))
+            }
+            Err(trailers) => trailers,
+        };
+        if tx.send(Ok(frame)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The body as the reader gets it.
+struct Crossing {
+    rx: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
+    /// The upstream body's, so a response of known size keeps it.
+    size: SizeHint,
+}
+
+impl Body for Crossing {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.rx.poll_recv(cx)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.size.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A one-shot HTTP/1.1 server: answers the first request with `reply`, then keeps the
+    /// connection open until the client closes it; reports when it did.
+    async fn server(reply: &'static [u8]) -> (String, oneshot::Receiver<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let (closed_tx, closed_rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let mut seen = Vec::new();
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = sock.read(&mut buf).await.unwrap();
+                seen.extend_from_slice(&buf[..n]);
+            }
+            sock.write_all(reply).await.unwrap();
+            while sock.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+            let _ = closed_tx.send(());
+        });
+        (url, closed_rx)
+    }
+
+    fn client() -> reqwest::Client {
+        crate::layer::upstream::Upstream::default_client()
+    }
+
+    #[tokio::test]
+    async fn head_then_the_body_in_bursts_from_home() {
+        let (url, _closed) = server(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n\
+              5\r\nevt1\n\r\n5\r\nevt2\n\r\n5\r\nevt3\n\r\n0\r\n\r\n",
+        )
+        .await;
+        let home = Handle::current();
+        let res = send(&home, client().get(&url)).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert!(res.body().size_hint().exact().is_none());
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"evt1\nevt2\nevt3\n");
+    }
+
+    #[tokio::test]
+    async fn a_sized_body_keeps_its_size() {
+        let (url, _closed) =
+            server(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello").await;
+        let res = send(&Handle::current(), client().get(&url)).await.unwrap();
+        assert_eq!(res.body().size_hint().exact(), Some(5));
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"hello");
+    }
+
+    #[tokio::test]
+    async fn a_failed_request_is_reported_without_its_url() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/secret-path", listener.local_addr().unwrap());
+        drop(listener);
+        let e = send(&Handle::current(), client().get(&url))
+            .await
+            .unwrap_err();
+        assert!(!e.contains("secret-path"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_body_lets_the_connection_go() {
+        // A stream that never ends: only the reader letting go ends it.
+        let (url, closed) = server(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n\
+              5\r\nevt1\n\r\n",
+        )
+        .await;
+        let res = send(&Handle::current(), client().get(&url)).await.unwrap();
+        let mut body = res.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"evt1\n");
+        drop(body);
+        // The home task stops and drops the unfinished response: the connection closes.
+        closed.await.unwrap();
+    }
+}
