@@ -16,9 +16,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::FutureExt;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
@@ -62,69 +60,156 @@ async fn run(send: reqwest::RequestBuilder, mut head_tx: HeadTx) {
             return;
         }
     };
-    let (parts, body) = res.into_parts();
+    let (parts, mut body) = res.into_parts();
     let (tx, rx) = mpsc::channel(FRAMES_IN_FLIGHT);
     let crossing = Crossing {
         rx,
         size: body.size_hint(),
     };
+    // The head goes over with what is already on its way behind it (often a whole reply): one
+    // wake-up of the reader instead of two.
+    let first = tokio::select! {
+        biased;
+        first = gather(&mut body, false) => first,
+        () = head_tx.closed() => return,
+    };
+    if let Some(data) = first.data {
+        let _ = tx.try_send(Ok(Frame::data(data)));
+    }
+    let more = hand_over_end(first.after, &tx);
     if head_tx
         .send(Ok(http::Response::from_parts(parts, boxed(crossing))))
         .is_err()
+        || !more
     {
         return;
     }
     pump(body, tx).await;
 }
 
-type Next = Option<Result<Frame<Bytes>, BoxError>>;
-
-/// Hands the body over until it ends, fails, or the reader lets go.
+/// Hands the body over, a burst at a time, until it ends, fails, or the reader lets go.
 async fn pump(mut body: reqwest::Body, tx: mpsc::Sender<Result<Frame<Bytes>, BoxError>>) {
-    let mut after: Option<Next> = None;
     loop {
-        let next = match after.take() {
-            Some(next) => next,
-            None => tokio::select! {
-                biased;
-                next = body.frame() => next.map(|r| r.map_err(BoxError::from)),
-                () = tx.closed() => return,
-            },
+        let burst = tokio::select! {
+            biased;
+            burst = gather(&mut body, true) => burst,
+            () = tx.closed() => return,
         };
-        let frame = match next {
-            None => return,
-            Some(Err(e)) => {
+        if let Some(data) = burst.data
+            && tx.send(Ok(Frame::data(data))).await.is_err()
+        {
+            return;
+        }
+        match burst.after {
+            None => {}
+            Some(None) => return,
+            Some(Some(Ok(trailers))) => {
+                if tx.send(Ok(trailers)).await.is_err() {
+                    return;
+                }
+            }
+            Some(Some(Err(e))) => {
                 let _ = tx.send(Err(e)).await;
                 return;
             }
-            Some(Ok(frame)) => frame,
-        };
-        let frame = match frame.into_data() {
-            Ok(data) => {
-                // The rest of a burst is ready at once: one frame, one wake-up of the reader.
-                let mut burst: Option<BytesMut> = None;
-                loop {
-                    match body.frame().now_or_never() {
-                        Some(Some(Ok(more))) if more.is_data() => {
-                            let more = more.into_data().unwrap_or_default();
-                            burst
-                                .get_or_insert_with(|| BytesMut::from(&data[..]))
-                                .extend_from_slice(&more);
-                        }
-                        Some(other) => {
-                            after = Some(other.map(|r| r.map_err(BoxError::from)));
-                            break;
-                        }
-                        None => break,
+        }
+    }
+}
+
+/// Hands over the first burst's ending, if it had one; false when nothing more comes. The
+/// channel is new: there is room for the burst and its ending.
+fn hand_over_end(after: Option<Next>, tx: &mpsc::Sender<Result<Frame<Bytes>, BoxError>>) -> bool {
+    match after {
+        None => true,
+        Some(None) => false,
+        Some(Some(Ok(trailers))) => tx.try_send(Ok(trailers)).is_ok(),
+        Some(Some(Err(e))) => {
+            let _ = tx.try_send(Err(e));
+            false
+        }
+    }
+}
+
+type Next = Option<Result<Frame<Bytes>, BoxError>>;
+
+/// Turns in a row that bring nothing new before a burst is handed over. hyper's client hands over
+/// a chunk only after the body asked for it, so the next chunk, though already read, arrives two
+/// turns later (as in [`crate::body::Batched`]).
+const IDLE_TURNS: u8 = 2;
+
+/// Bytes gathered before a burst is handed over anyway.
+const MAX_BURST: usize = 64 * 1024;
+
+/// One burst: the data that came back to back, and what stopped it (`None`: nothing more yet).
+struct Burst {
+    data: Option<Bytes>,
+    after: Option<Next>,
+}
+
+/// Gathers the data frames already on their way: it yields its turn (so the connection's task
+/// runs) until two turns in a row bring nothing. With `wait`, it first waits for a frame.
+async fn gather(body: &mut reqwest::Body, wait: bool) -> Burst {
+    let mut kept = Kept::default();
+    let mut idle = 0u8;
+    let after = std::future::poll_fn(|cx| {
+        loop {
+            match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) if frame.is_data() => {
+                    kept.push(frame.into_data().unwrap_or_default());
+                    idle = 0;
+                    if kept.len() >= MAX_BURST {
+                        return Poll::Ready(None);
                     }
                 }
-                Frame::data(burst.map_or(data, BytesMut::freeze))
+                Poll::Ready(other) => {
+                    return Poll::Ready(Some(other.map(|r| r.map_err(BoxError::from))));
+                }
+                Poll::Pending if wait && kept.len() == 0 => return Poll::Pending,
+                Poll::Pending if idle < IDLE_TURNS => {
+                    idle += 1;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Poll::Pending => return Poll::Ready(None),
             }
-            Err(trailers) => trailers,
-        };
-        if tx.send(Ok(frame)).await.is_err() {
-            return;
         }
+    })
+    .await;
+    Burst {
+        data: kept.into_bytes(),
+        after,
+    }
+}
+
+/// Chunks joined into one, copied only when there is more than one.
+#[derive(Default)]
+struct Kept {
+    first: Option<Bytes>,
+    joined: Option<BytesMut>,
+}
+
+impl Kept {
+    fn push(&mut self, chunk: Bytes) {
+        if let Some(joined) = &mut self.joined {
+            joined.extend_from_slice(&chunk);
+        } else if let Some(first) = self.first.take() {
+            let mut joined = BytesMut::with_capacity(first.len() + chunk.len());
+            joined.extend_from_slice(&first);
+            joined.extend_from_slice(&chunk);
+            self.joined = Some(joined);
+        } else {
+            self.first = Some(chunk);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.joined
+            .as_ref()
+            .map_or_else(|| self.first.as_ref().map_or(0, Bytes::len), BytesMut::len)
+    }
+
+    fn into_bytes(self) -> Option<Bytes> {
+        self.joined.map(BytesMut::freeze).or(self.first)
     }
 }
 
@@ -154,11 +239,17 @@ impl Body for Crossing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A one-shot HTTP/1.1 server: answers the first request with `reply`, then keeps the
     /// connection open until the client closes it; reports when it did.
     async fn server(reply: &'static [u8]) -> (String, oneshot::Receiver<()>) {
+        serve(reply, false).await
+    }
+
+    /// `cut`: the server closes the connection right after `reply`.
+    async fn serve(reply: &'static [u8], cut: bool) -> (String, oneshot::Receiver<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
         let (closed_tx, closed_rx) = oneshot::channel();
@@ -171,6 +262,9 @@ mod tests {
                 seen.extend_from_slice(&buf[..n]);
             }
             sock.write_all(reply).await.unwrap();
+            if cut {
+                return;
+            }
             while sock.read(&mut buf).await.is_ok_and(|n| n > 0) {}
             let _ = closed_tx.send(());
         });
@@ -194,6 +288,28 @@ mod tests {
         assert!(res.body().size_hint().exact().is_none());
         let body = res.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"evt1\nevt2\nevt3\n");
+    }
+
+    #[tokio::test]
+    async fn a_cut_body_ends_in_an_error_not_in_a_clean_end() {
+        let (url, _closed) = serve(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n\
+              5\r\nevt1\n\r\n",
+            true,
+        )
+        .await;
+        let res = send(&Handle::current(), client().get(&url)).await.unwrap();
+        let mut body = res.into_body();
+        let mut data = Vec::new();
+        let failed = loop {
+            match body.frame().await {
+                Some(Ok(frame)) => data.extend_from_slice(&frame.into_data().unwrap()),
+                Some(Err(_)) => break true,
+                None => break false,
+            }
+        };
+        assert_eq!(&data[..], b"evt1\n");
+        assert!(failed, "a cut stream must not look complete");
     }
 
     #[tokio::test]
