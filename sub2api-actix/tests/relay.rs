@@ -217,6 +217,49 @@ async fn non_stream_messages_relay_the_mock_bytes_and_charge() {
     f.assert_charged(1).await;
 }
 
+/// A non-stream request goes upstream on its actix worker's own connection (no wake-up crosses
+/// threads between the vendor's answer and the client's); a stream goes on the relay runtime's
+/// shared connections, where its drain can outlive the worker. Two pools: the two kinds never
+/// share a connection, while with one pool sequential requests reuse the same one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_stream_requests_use_the_workers_connection_streams_the_shared_one() {
+    let f = fixture().await;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let options = sub2api_actix::ServeOptions {
+        workers: 1,
+        ..Default::default()
+    };
+    let server = sub2api_actix::spawn_with(f.relay.clone(), listener, options).unwrap();
+    let base = format!("http://{}", server.addr());
+    for _ in 0..3 {
+        for stream in [false, true] {
+            let res = f
+                .relay_request(&base, "/v1/messages", body(stream))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            res.bytes().await.unwrap();
+        }
+    }
+    let records = f.vendor.requests();
+    assert_eq!(records.len(), 6);
+    let peers = |stream: bool| -> std::collections::HashSet<_> {
+        records
+            .iter()
+            .filter(|r| r.stream == stream)
+            .map(|r| r.peer.expect("the mock notes each request's connection"))
+            .collect()
+    };
+    let (local, shared) = (peers(false), peers(true));
+    assert!(
+        local.is_disjoint(&shared),
+        "non-stream on {local:?}, streams on {shared:?}"
+    );
+    server.stop(true).await;
+    f.assert_charged(6).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_messages_relay_the_mock_bytes_and_charge() {
     let f = fixture().await;

@@ -110,6 +110,7 @@ pub fn router_with(state: MockState, oauth: OAuthMock) -> Router {
         .with_state(state)
         .merge(tokens)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(state::note_peer))
 }
 
 /// A running mock vendor on its own port. Derefs to its [`MockState`] for knobs and records.
@@ -148,6 +149,7 @@ impl MockVendor {
         let oauth = OAuthMock::default();
         let app = router_with(state.clone(), oauth.clone());
         let task = tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let served = axum::serve(crate::no_delay(listener), app)
                 .with_graceful_shutdown(async move {
                     let _ = stopped.await;

@@ -7,6 +7,7 @@
 //! sleeps (DESIGN §8).
 
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -29,6 +30,26 @@ pub enum Outcome {
     /// The response (or the handler, before the head) was dropped before its end: the client
     /// hung up, or the relay stopped reading.
     DroppedByClient,
+}
+
+tokio::task_local! {
+    /// The peer of the request being handled, set around every handler by [`note_peer`]: the
+    /// records get it without every handler taking `ConnectInfo`.
+    static PEER: SocketAddr;
+}
+
+/// Runs the rest of the request with its peer noted (when the server provides it).
+pub(crate) async fn note_peer(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+    {
+        Some(&axum::extract::ConnectInfo(peer)) => PEER.scope(peer, next.run(req)).await,
+        None => next.run(req).await,
+    }
 }
 
 /// One request the mock received.
@@ -58,6 +79,10 @@ pub struct RecordedRequest {
     pub outcome: Outcome,
     /// Body chunks handed to the HTTP stack; for a stream, one per SSE event.
     pub chunks_sent: usize,
+    /// The client's end of the connection the request came on, when the mock is served with
+    /// connect info (as [`MockVendor`](super::MockVendor) is): which of a client's pooled
+    /// connections carried it.
+    pub peer: Option<SocketAddr>,
 }
 
 impl RecordedRequest {
@@ -330,6 +355,7 @@ impl MockState {
                 usage: None,
                 outcome: Outcome::InFlight,
                 chunks_sent: 0,
+                peer: PEER.try_with(|peer| *peer).ok(),
             });
             for stats in [
                 inner.stats.entry(key.clone()).or_default(),
