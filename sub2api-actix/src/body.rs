@@ -80,7 +80,12 @@ pub(crate) struct ResponseBody {
 
 impl ResponseBody {
     /// `size`: the body's exact size, when the relay knows it.
-    pub(crate) fn new(size: Option<u64>, whole: Whole, runtime: &Handle, alive: Option<Alive>) -> Self {
+    pub(crate) fn new(
+        size: Option<u64>,
+        whole: Whole,
+        runtime: &Handle,
+        alive: Option<Alive>,
+    ) -> Self {
         let size = size.map_or(BodySize::Stream, BodySize::Sized);
         let (failed, rest) = match whole.end {
             WholeEnd::Done => (None, None),

@@ -34,23 +34,33 @@
 //!
 //! actix's request payload is `!Send`, the relay wants a `Send` body: the payload is forwarded
 //! through a bounded channel, fed by the handler itself while the relay reads it (nothing is
-//! buffered beyond a few chunks; the relay enforces its own body limit). The relay's call runs as
-//! a task on the relay runtime, next to its upstream connections, and hands actix its answer: the
-//! head (with the whole body when it is small and of known size), then the body's chunks through a
-//! bounded channel, each written as it arrives (SSE is flushed per event; events that arrived
-//! together go out in one write). When the client disconnects actix drops the body, which drops
-//! the relay's metered body at once: that is how it learns the client left, drains upstream and
-//! settles.
+//! buffered beyond a few chunks; the relay enforces its own body limit). The relay's call is
+//! polled right there, in the handler, on the worker that serves the connection. A small reply
+//! of known size is read whole before actix gets the head, so actix writes it with the head;
+//! anything else is polled by actix's response body as it writes (SSE is flushed per event;
+//! events that arrived together go out in one write). When the client disconnects actix drops
+//! the body, which drops the relay's metered body at once: that is how it learns the client left,
+//! drains upstream and settles.
 //!
 //! ## Where the relay's work runs
 //!
 //! actix runs each worker on its own single-threaded runtime, which is torn down when the server
 //! stops. The relay spawns work that must outlive a response (draining upstream after a client
-//! hung up, committing a settlement, releasing a hold), and its upstream connections are shared by
-//! every worker, so a [`Mount`] runs the relay's calls and bodies, and drops them, inside a runtime
-//! that outlives the workers: the adapter's shared relay runtime by default ([`Mount::new`]), or
-//! one you pass ([`Mount::on_runtime`]). actix's workers then only parse and write HTTP. After the
-//! server stopped, [`Relay::shutdown`] waits for the relay's remaining work.
+//! hung up, committing a settlement, releasing a hold), so a [`Mount`] polls the relay's call and
+//! body, and drops them, inside a runtime that outlives the workers (its *home*): the runtime
+//! [`spawn`] is called from, the adapter's shared relay runtime ([`Mount::new`]), or one you pass
+//! ([`Mount::on_runtime`]). What the relay spawns, and the store connections it opens, land
+//! there; the polling stays on the worker.
+//!
+//! Upstream, a non-stream request goes out on a connection of the worker's own
+//! ([`LocalRuntime`]): the worker reads it, so no wake-up crosses threads between the vendor's
+//! answer and the client's (with [`Relay::new`], which builds one upstream client per thread). A
+//! stream goes out on the relay's shared connections and is read on the home runtime, whence its
+//! events come over in bursts: when its client hangs up, the relay keeps reading it for the final
+//! usage, and that may outlast a stopping worker. After the server stopped, [`Relay::shutdown`]
+//! waits for the relay's remaining work.
+//!
+//! [`LocalRuntime`]: sub2api_core::runtime::LocalRuntime
 
 pub mod api;
 mod body;
@@ -93,8 +103,8 @@ impl Mount {
         Self::on_runtime(relay, runtime::shared())
     }
 
-    /// Relay work runs on `runtime`, which must outlive the server (e.g. the `#[tokio::main]` or
-    /// `#[actix_web::main]` runtime the server is started from).
+    /// Relay work runs on `runtime`, which must outlive the server and be driven while it serves
+    /// (e.g. the `#[tokio::main]` or `#[actix_web::main]` runtime the server is started from).
     pub fn on_runtime(relay: &Relay, runtime: Handle) -> Self {
         Mount {
             app: relay.app(),

@@ -7,8 +7,8 @@ use tokio::sync::mpsc;
 
 /// The adapter's shared relay runtime, started on first use and never stopped (it is a static),
 /// so work spawned on it survives any server stop until the process exits. One worker per core
-/// (tokio's default), as `#[tokio::main]` would start: every relay call runs here, actix's workers
-/// only parse and write HTTP.
+/// (tokio's default), as `#[tokio::main]` would start: streams' upstream connections, drains,
+/// settlements and store connections run here; actix's workers poll the calls.
 pub(crate) fn shared() -> Handle {
     static SHARED: OnceLock<Runtime> = OnceLock::new();
     SHARED

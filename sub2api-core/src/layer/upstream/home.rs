@@ -314,8 +314,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_sized_body_keeps_its_size() {
-        let (url, _closed) =
-            server(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello").await;
+        let (url, _closed) = server(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello").await;
         let res = send(&Handle::current(), client().get(&url)).await.unwrap();
         assert_eq!(res.body().size_hint().exact(), Some(5));
         let body = res.into_body().collect().await.unwrap().to_bytes();

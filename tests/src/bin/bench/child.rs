@@ -82,9 +82,10 @@ pub fn main(args: &[String]) -> ExitCode {
         let app = match kind {
             Some("relay") => sub2api_axum::router(&relay(&vendor, &db, users).await?),
             Some("relay-actix") => {
-                // The same relay served by the actix adapter: 2 actix workers for HTTP, the relay
-                // on this runtime (it must outlive actix's per-worker runtimes), as the
-                // `sub2api-actix` binary does.
+                // The same relay served by the actix adapter: 2 actix workers poll the requests,
+                // this runtime is the relay's home (its drains, settlements and streams' upstream
+                // connections must outlive actix's per-worker runtimes), as the `sub2api-actix`
+                // binary does.
                 let relay = relay(&vendor, &db, users).await?;
                 let listener =
                     std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
