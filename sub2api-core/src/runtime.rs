@@ -124,6 +124,7 @@ impl LocalRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
 
     /// The flavor of the runtime a spawned task lands on tells the two runtimes apart.
     fn flavor() -> RuntimeFlavor {
@@ -147,7 +148,7 @@ mod tests {
         // What the future spawns while polled lands on `home`, though `local` polls it.
         let spawned = local.block_on(Entered::new(
             home.handle().clone(),
-            Box::pin(async { tokio::spawn(async { flavor() }) }),
+            Box::pin(std::future::ready(()).map(|()| tokio::spawn(async { flavor() }))),
         ));
         assert_eq!(home.block_on(spawned).unwrap(), RuntimeFlavor::MultiThread);
 

@@ -100,18 +100,15 @@ async fn pump(mut body: reqwest::Body, tx: mpsc::Sender<Result<Frame<Bytes>, Box
         {
             return;
         }
-        match burst.after {
-            None => {}
+        // What stopped the burst: nothing (more to come), the end, trailers or an error.
+        let stop = match burst.after {
+            None => continue,
             Some(None) => return,
-            Some(Some(Ok(trailers))) => {
-                if tx.send(Ok(trailers)).await.is_err() {
-                    return;
-                }
-            }
-            Some(Some(Err(e))) => {
-                let _ = tx.send(Err(e)).await;
-                return;
-            }
+            Some(Some(stop)) => stop,
+        };
+        let failed = stop.is_err();
+        if tx.send(stop).await.is_err() || failed {
+            return;
         }
     }
 }
@@ -232,7 +229,7 @@ impl Body for Crossing {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.size.clone()
+        self.size
     }
 }
 
