@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body::{Body, Frame};
 use sub2api_core::BoxError;
-use sub2api_core::body::{Batched, RelayBody};
+use sub2api_core::body::{Batched, ChannelBody, RelayBody};
 use sub2api_core::runtime::Entered;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
@@ -22,25 +22,6 @@ use crate::runtime::Alive;
 
 /// Payload chunks in flight between actix and the relay.
 const REQUEST_CHUNKS_IN_FLIGHT: usize = 8;
-
-/// The request body the relay reads: the payload's chunks, as actix receives them.
-pub(crate) struct ChannelBody {
-    rx: mpsc::Receiver<Result<Bytes, BoxError>>,
-}
-
-impl Body for ChannelBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|r| r.map(Frame::data)))
-    }
-}
 
 /// A `Send` body over actix's `!Send` payload, and the future that feeds it. The feed must be
 /// polled on the actix worker (it owns the payload) while the relay reads the body; it ends when
@@ -55,13 +36,15 @@ pub(crate) fn request_body(mut payload: web::Payload) -> (ChannelBody, impl Futu
             };
             let Some(chunk) = next else { return };
             let failed = chunk.is_err();
-            let chunk = chunk.map_err(|e| BoxError::from(format!("request payload: {e}")));
+            let chunk = chunk
+                .map(Frame::data)
+                .map_err(|e| BoxError::from(format!("request payload: {e}")));
             if tx.send(chunk).await.is_err() || failed {
                 return;
             }
         }
     };
-    (ChannelBody { rx }, feed)
+    (ChannelBody::new(rx), feed)
 }
 
 /// The relay's response body as an actix `MessageBody`: what was read before the head, then the

@@ -36,6 +36,45 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
+/// A body fed frame by frame through a bounded channel, by a task that reads another body on
+/// another runtime or thread (an adapter's request payload, an upstream body read elsewhere).
+/// It ends when the sender is dropped.
+pub struct ChannelBody {
+    rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
+    size: SizeHint,
+}
+
+impl ChannelBody {
+    pub fn new(rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, BoxError>>) -> Self {
+        ChannelBody {
+            rx,
+            size: SizeHint::default(),
+        }
+    }
+
+    /// The size of the body it carries, when known, so that a response of known size keeps it.
+    pub fn with_size_hint(mut self, size: SizeHint) -> Self {
+        self.size = size;
+        self
+    }
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.rx.poll_recv(cx)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.size
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A body that owns a guard (a scheduler lease, a concurrency permit) and drops it when the
     /// body is finished or dropped, so the slot is held exactly as long as the response streams.

@@ -13,15 +13,15 @@
 //! [`LocalRuntime`]: crate::runtime::LocalRuntime
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Body, Frame};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::BoxError;
-use crate::body::{RelayBody, boxed};
+use crate::body::{ChannelBody, RelayBody, boxed};
 
 /// Frames in flight from the home task to the reader: a few SSE events of read-ahead, like a
 /// socket buffer, before the task waits for the reader.
@@ -62,10 +62,7 @@ async fn run(send: reqwest::RequestBuilder, mut head_tx: HeadTx) {
     };
     let (parts, mut body) = res.into_parts();
     let (tx, rx) = mpsc::channel(FRAMES_IN_FLIGHT);
-    let crossing = Crossing {
-        rx,
-        size: body.size_hint(),
-    };
+    let crossing = ChannelBody::new(rx).with_size_hint(body.size_hint());
     // The head goes over with what is already on its way behind it (often a whole reply): one
     // wake-up of the reader instead of two.
     let first = tokio::select! {
@@ -207,29 +204,6 @@ impl Kept {
 
     fn into_bytes(self) -> Option<Bytes> {
         self.joined.map(BytesMut::freeze).or(self.first)
-    }
-}
-
-/// The body as the reader gets it.
-struct Crossing {
-    rx: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
-    /// The upstream body's, so a response of known size keeps it.
-    size: SizeHint,
-}
-
-impl Body for Crossing {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.rx.poll_recv(cx)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.size
     }
 }
 
