@@ -151,8 +151,8 @@ impl Mount {
         };
         let (body, feed) = request_body(payload);
         let mut feed = pin!(feed);
-        // A small payload has usually arrived with the head: hand it over before the relay task
-        // starts, so the task finds it instead of waiting to be woken for it.
+        // A small payload has usually arrived with the head: hand it over before the relay's
+        // first poll, so the relay finds it instead of waiting to be woken for it.
         let fed = poll_fn(|cx| Poll::Ready(feed.as_mut().poll(cx).is_ready())).await;
         let mut request = match http_request(&req, &uri, body) {
             Ok(r) => r,

@@ -23,10 +23,10 @@ pub(crate) fn shared() -> Handle {
         .clone()
 }
 
-/// Held by everything of a relay mount: the handlers an actix worker owns, the owners of its
-/// requests' relay sides, and the relay tasks. When the last one is gone, every relay call and
-/// body has finished or been dropped, and what they left behind (drains, settlements) is tracked
-/// by the relay, so [`Relay::shutdown`] can wait for it.
+/// Held by everything of a relay mount: the handlers an actix worker owns, the relay calls it
+/// polls and the response bodies it writes. When the last one is gone, every relay call and body
+/// has finished or been dropped, and what they left behind (drains, settlements) is tracked by
+/// the relay, so [`Relay::shutdown`] can wait for it.
 ///
 /// [`Relay::shutdown`]: sub2api_core::relay::Relay::shutdown
 pub(crate) type Alive = mpsc::Sender<std::convert::Infallible>;

@@ -114,8 +114,8 @@ impl Relay {
         Self::with_clients(parts, config, clients)
     }
 
-    /// Upstream requests go out on `client` (and its connections live on the runtime of the
-    /// request that opened them).
+    /// Upstream requests go out on `client`, one for every thread: served by actix, every request
+    /// then goes upstream from the relay's home runtime (see [`crate::runtime`]).
     pub fn with_client(parts: RelayParts, config: RelayConfig, client: reqwest::Client) -> Self {
         Self::with_clients(parts, config, ClientPool::new(client))
     }

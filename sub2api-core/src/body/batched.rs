@@ -6,8 +6,7 @@
 //! connection's task has to run before the body can have it. A server writes a body as it gets it
 //! (hyper polls the body, queues what it got, and flushes one `writev` as soon as the body is
 //! `Pending`), so every event became its own write on the client socket and its own wake-up of the
-//! client, even when twenty arrived in one TCP segment; the actix adapter's relay task likewise
-//! woke actix's worker once per event.
+//! client, even when twenty arrived in one TCP segment.
 //!
 //! [`Batched`] lets that task run: when its inner body is `Pending` while it holds events, it
 //! yields its turn (the task wakes itself, so it goes to the back of the run queue behind the
