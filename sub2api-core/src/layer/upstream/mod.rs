@@ -22,6 +22,7 @@
 pub mod build;
 mod client;
 mod home;
+mod url_cache;
 
 pub use build::{ResponsePlan, fits};
 pub use client::{ClientPool, builder as client_builder};
@@ -242,10 +243,11 @@ impl Service<Request<Bytes>> for Upstream {
                     (client, route)
                 }
             };
-            let request = client
-                .request(built.method, built.url)
-                .headers(built.headers)
-                .body(built.body);
+            let request = match url_cache::parsed(&built.url) {
+                Some(url) => client.request(built.method, url),
+                None => client.request(built.method, built.url),
+            };
+            let request = request.headers(built.headers).body(built.body);
             let sent = async move {
                 let sent = match route {
                     Route::Here => request.send().await,
