@@ -390,6 +390,34 @@ async fn stopping_the_server_under_an_open_stream_still_settles_it() {
     drop(res);
 }
 
+/// A non-stream request is polled on its actix worker and goes upstream on the worker's own
+/// connection; when a forced stop tears the worker down while the vendor has not answered, the
+/// relay's call is dropped inside the relay runtime: its hold is released, nothing is charged,
+/// and `stop` returns only after that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_server_under_a_waiting_non_stream_request_releases_its_hold() {
+    let f = fixture().await;
+    f.vendor.close_gate(ACCOUNT_KEY);
+    let server = spawn(&f.relay);
+    let base = format!("http://{}", server.addr());
+    let waiting = tokio::spawn(f.relay_request(&base, "/v1/messages", body(false)).send());
+    f.vendor.wait_for_in_flight(ACCOUNT_KEY, 1).await;
+    assert!(
+        f.balance().await.held.is_positive(),
+        "the request holds funds while it waits"
+    );
+
+    server.stop(false).await;
+    let balance = f.balance().await;
+    assert_eq!(balance.held, Money::ZERO, "the hold was released");
+    assert_eq!(balance.total, Money::usd(10), "nothing was charged");
+    assert!(
+        waiting.await.unwrap().is_err(),
+        "the client's connection was cut"
+    );
+    f.vendor.open_all_gates();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_endpoints_and_refusals_answer_through_actix() {
     let f = fixture().await;
