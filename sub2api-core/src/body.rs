@@ -3,6 +3,7 @@
 mod batched;
 
 pub use batched::Batched;
+pub(crate) use batched::IDLE_TURNS;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

@@ -31,7 +31,7 @@ const MAX_TURNS: u8 = 32;
 /// Turns in a row that bring nothing new before what was kept is written. One is not enough:
 /// hyper's client hands over a chunk only after the body asked for it, so the chunk after a
 /// taken one arrives two turns later (measured: one event every second turn).
-const IDLE_TURNS: u8 = 2;
+pub(crate) const IDLE_TURNS: u8 = 2;
 
 /// Bytes kept before they are written anyway.
 const MAX_KEPT: usize = 64 * 1024;

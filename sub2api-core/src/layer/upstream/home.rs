@@ -21,7 +21,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::BoxError;
-use crate::body::{ChannelBody, RelayBody, boxed};
+use crate::body::{ChannelBody, IDLE_TURNS, RelayBody, boxed};
 
 /// Frames in flight from the home task to the reader: a few SSE events of read-ahead, like a
 /// socket buffer, before the task waits for the reader.
@@ -70,10 +70,8 @@ async fn run(send: reqwest::RequestBuilder, mut head_tx: HeadTx) {
         first = gather(&mut body, false) => first,
         () = head_tx.closed() => return,
     };
-    if let Some(data) = first.data {
-        let _ = tx.try_send(Ok(Frame::data(data)));
-    }
-    let more = hand_over_end(first.after, &tx);
+    // A new channel has room for a burst and what stopped it: this does not wait.
+    let more = deliver(first, &tx).await;
     if head_tx
         .send(Ok(http::Response::from_parts(parts, boxed(crossing))))
         .is_err()
@@ -92,44 +90,30 @@ async fn pump(mut body: reqwest::Body, tx: mpsc::Sender<Result<Frame<Bytes>, Box
             burst = gather(&mut body, true) => burst,
             () = tx.closed() => return,
         };
-        if let Some(data) = burst.data
-            && tx.send(Ok(Frame::data(data))).await.is_err()
-        {
-            return;
-        }
-        // What stopped the burst: nothing (more to come), the end, trailers or an error.
-        let stop = match burst.after {
-            None => continue,
-            Some(None) => return,
-            Some(Some(stop)) => stop,
-        };
-        let failed = stop.is_err();
-        if tx.send(stop).await.is_err() || failed {
+        if !deliver(burst, &tx).await {
             return;
         }
     }
 }
 
-/// Hands over the first burst's ending, if it had one; false when nothing more comes. The
-/// channel is new: there is room for the burst and its ending.
-fn hand_over_end(after: Option<Next>, tx: &mpsc::Sender<Result<Frame<Bytes>, BoxError>>) -> bool {
-    match after {
-        None => true,
-        Some(None) => false,
-        Some(Some(Ok(trailers))) => tx.try_send(Ok(trailers)).is_ok(),
-        Some(Some(Err(e))) => {
-            let _ = tx.try_send(Err(e));
-            false
-        }
+/// Hands a burst over, then what stopped it (the end, trailers or an error); false when nothing
+/// more comes or the reader has gone.
+async fn deliver(burst: Burst, tx: &mpsc::Sender<Result<Frame<Bytes>, BoxError>>) -> bool {
+    if let Some(data) = burst.data
+        && tx.send(Ok(Frame::data(data))).await.is_err()
+    {
+        return false;
     }
+    let stop = match burst.after {
+        None => return true,
+        Some(None) => return false,
+        Some(Some(stop)) => stop,
+    };
+    let failed = stop.is_err();
+    tx.send(stop).await.is_ok() && !failed
 }
 
 type Next = Option<Result<Frame<Bytes>, BoxError>>;
-
-/// Turns in a row that bring nothing new before a burst is handed over. hyper's client hands over
-/// a chunk only after the body asked for it, so the next chunk, though already read, arrives two
-/// turns later (as in [`crate::body::Batched`]).
-const IDLE_TURNS: u8 = 2;
 
 /// Bytes gathered before a burst is handed over anyway.
 const MAX_BURST: usize = 64 * 1024;
@@ -141,7 +125,8 @@ struct Burst {
 }
 
 /// Gathers the data frames already on their way: it yields its turn (so the connection's task
-/// runs) until two turns in a row bring nothing. With `wait`, it first waits for a frame.
+/// runs) until [`IDLE_TURNS`] turns in a row bring nothing, for the reason [`crate::body::Batched`]
+/// does. With `wait`, it first waits for a frame.
 async fn gather(body: &mut reqwest::Body, wait: bool) -> Burst {
     let mut kept = Kept::default();
     let mut idle = 0u8;
